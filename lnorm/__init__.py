@@ -1,0 +1,1 @@
+"""lnorm: the paper's normalisers, recurrent cells, trainer and data pipelines."""

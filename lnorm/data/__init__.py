@@ -1,0 +1,1 @@
+"""Datasets of the paper's experiments: TFDS builders over the canonical files, grain pipelines."""

@@ -1,0 +1,94 @@
+"""Conventions shared by every dataset builder in `lnorm.data`.
+
+Every dataset is a TFDS `GeneratorBasedBuilder` that reads the canonical files as they are
+distributed, writes `array_record`, and is read back with `as_data_source()` + grain. No
+TensorFlow is needed for any of it. TFDS prepares into an `incomplete.*` directory and renames
+it when done, so an interrupted preparation leaves nothing half-written behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+DEFAULT_DATA_DIR = Path(os.environ.get("LNORM_DATA_DIR", "~/lnorm_data")).expanduser()
+DOWNLOAD_TIMEOUT_S = 20.0
+
+
+class DataError(ValueError):
+    """Bad or missing input data: the message names the file, the line or element, and what
+    was expected."""
+
+
+def where(path: str | os.PathLike, line: int | None = None) -> str:
+    """`file:line` prefix for DataError messages."""
+    return f"{path}:{line}" if line is not None else str(path)
+
+
+def prepare(
+    builder_cls: type[tfds.core.GeneratorBasedBuilder],
+    data_dir: str | os.PathLike | None = None,
+    *,
+    manual_dir: str | os.PathLike | None = None,
+    config: str | tfds.core.BuilderConfig | None = None,
+    **builder_kwargs: Any,
+) -> tfds.core.GeneratorBasedBuilder:
+    """Prepares `builder_cls` as array_record under `data_dir` (a no-op when already prepared)
+    and returns the builder, ready for `builder.as_data_source()`."""
+    data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    builder = builder_cls(data_dir=str(data_dir), config=config, **builder_kwargs)
+    download_config = tfds.download.DownloadConfig(
+        manual_dir=str(manual_dir) if manual_dir is not None else None,
+        try_download_gcs=False,  # no network detour: the builder knows its own sources
+    )
+    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    return builder
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str):
+    """The random-access source of one split (read by grain)."""
+    return builder.as_data_source(split=split)
+
+
+def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_with_timeout(url: str, dest: str | os.PathLike, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Downloads `url` to `dest` atomically (temp file, then rename). Unreachable hosts fail
+    within `timeout` seconds instead of stalling for minutes."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def require_files(directory: str | os.PathLike, names: Iterable[str], instructions: str) -> Path:
+    """Checks that `directory` holds every file in `names`; otherwise raises a DataError that
+    lists the missing files and repeats the builder's manual download instructions."""
+    directory = Path(directory)
+    missing = [n for n in names if not (directory / n).exists()]
+    if missing:
+        raise DataError(
+            f"missing files in {directory}: {', '.join(missing)}\n{instructions.strip()}"
+        )
+    return directory

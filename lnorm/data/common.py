@@ -66,7 +66,9 @@ def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download_with_timeout(url: str, dest: str | os.PathLike, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+def download_with_timeout(
+    url: str, dest: str | os.PathLike, timeout: float = DOWNLOAD_TIMEOUT_S
+) -> Path:
     """Downloads `url` to `dest` atomically (temp file, then rename). Unreachable hosts fail
     within `timeout` seconds instead of stalling for minutes."""
     dest = Path(dest)
@@ -92,3 +94,26 @@ def require_files(directory: str | os.PathLike, names: Iterable[str], instructio
             f"missing files in {directory}: {', '.join(missing)}\n{instructions.strip()}"
         )
     return directory
+
+
+def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> Path | None:
+    """The manual directory, or None where there is none (TFDS raises a bare AssertionError
+    for a missing or empty one)."""
+    try:
+        return Path(dl_manager.manual_dir)
+    except AssertionError:
+        return None
+
+
+def manual_root(
+    dl_manager: tfds.download.DownloadManager, names: Iterable[str], instructions: str
+) -> Path:
+    """The manual directory, checked to hold `names`; a DataError naming what is missing and
+    repeating the manual download instructions otherwise."""
+    names = list(names)
+    try:
+        root = Path(dl_manager.manual_dir)
+    except AssertionError as e:
+        what = f"missing files: {', '.join(names)}" if names else "no manual data directory"
+        raise DataError(f"{what}: {str(e).splitlines()[0]}\n{instructions.strip()}") from None
+    return require_files(root, names, instructions)

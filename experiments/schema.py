@@ -1,0 +1,59 @@
+"""Structured config schema: every key a run may have, with its type.
+
+Hydra composes `configs/` on top of `RunConfig`, so a wrong type fails at composition. The
+experiment-specific sections `data` and `model` are checked against the experiment's own
+dataclasses in `experiments.run`, so a mistyped key anywhere (`+typo=1` included) is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+from lnorm.trainer import OptimConfig, TrainConfig
+
+
+@dataclass
+class NormConfig:
+    name: str = "layer"  # none | layer | batch | weight | rms
+    epsilon: float = 1e-5
+    momentum: float = 0.99  # batch norm running averages
+    unbiased: bool | None = None  # batch norm; None: unbiased when data.batch_size <= 4
+
+
+@dataclass
+class WandbSection:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "lnorm"
+    entity: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbSection = field(default_factory=WandbSection)
+
+
+@dataclass
+class TrainSection(TrainConfig):
+    """The trainer's config; its seed and optimiser are the top-level `seed` and `optim`."""
+
+    seed: int = "${seed}"  # type: ignore[assignment]
+    optim: OptimConfig = "${optim}"  # type: ignore[assignment]
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # set by configs/exp/NAME.yaml
+    seed: int = 0
+    norm: NormConfig = field(default_factory=NormConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    data: Any = None  # checked against experiments.<name>.DataConfig
+    model: Any = None  # checked against experiments.<name>.ModelConfig
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="lnorm_schema", node=RunConfig)

@@ -1,0 +1,348 @@
+"""Recurrent cells whose normaliser is chosen by name (PAPER.md §1, "Layer-normalised RNNs").
+
+Every cell splits its step into the part that depends only on the input, `project_inputs(x)`
+(`N(W_x x)`, one matmul for all time steps when `lnorm.rnn.RNN` calls it on a whole sequence),
+and the recurrent part, `step(state, projected, ...)`. `cell(state, x_t, t=t)` is the two in
+sequence: the step-by-step definition that the hoisted RNN must reproduce exactly.
+
+Normalisers come from `lnorm.norms` by name (`none | layer | batch | weight | rms`). The default
+`variant="paper"` is the paper's equations; the variants that users confuse with them are named
+options, never the default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lnorm.norms import NORMS, BatchNorm, make_dense, make_norm
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+LSTM_VARIANTS = ("paper", "draw", "per_gate")
+GRU_VARIANTS = ("paper", "reset_before")
+
+# Cooijmans et al. 2016: gamma = 0.1 keeps tanh/sigmoid out of saturation early in training.
+_BN_SCALE_INIT = nnx.initializers.constant(0.1)
+_KERNEL_INIT = nnx.initializers.lecun_normal()  # as nnx.Linear and Flax's LSTM cells
+_RECURRENT_INIT = nnx.initializers.orthogonal()
+
+
+class StepBatchNorm(nnx.Module):
+    """Recurrent batch norm (Cooijmans et al. 2016): separate statistics for every time step.
+
+    `lnorm.norms.BatchNorm` does the normalising, masking and running-average update; this
+    module only keeps `t_max` copies of its statistics (`bn.mean`/`bn.var` have shape
+    `(t_max, features)`) and hands step `t` the copy `min(t, t_max - 1)`. Training normalises
+    with the batch statistics of step `t` and updates copy `t` for `t < t_max` only, so the
+    last copy holds exactly step `t_max - 1`'s statistics, which evaluation reuses for all
+    longer steps. A step whose sequences are all padded leaves its copy unchanged.
+    """
+
+    def __init__(self, num_features: int, *, t_max: int, rngs: nnx.Rngs, **bn_kw: Any):
+        if t_max < 1:
+            raise ValueError(f"StepBatchNorm: t_max must be >= 1, got {t_max}")
+        self.bn = BatchNorm(num_features, rngs=rngs, **bn_kw)
+        self.bn.mean = nnx.BatchStat(jnp.zeros((t_max, num_features), jnp.float32))
+        self.bn.var = nnx.BatchStat(jnp.ones((t_max, num_features), jnp.float32))
+        self.t_max = t_max
+
+    def __call__(self, x: Array, *, t: Array | int, mask: Array | None = None) -> Array:
+        """`x[B, F]` at step `t` (scalar) or `x[T, B, F]` at steps `t[T]`; mask: x.shape[:-1]."""
+        t = jnp.asarray(t)
+        if x.ndim != t.ndim + 2:
+            raise ValueError(
+                f"StepBatchNorm: input of shape {x.shape} needs a time index of rank "
+                f"{x.ndim - 2} (scalar for [B, F], [T] for [T, B, F]), got shape {t.shape}"
+            )
+        graphdef, stats, rest = nnx.split(self.bn, nnx.BatchStat, ...)
+
+        def normalize(x, mask, step_stats):
+            bn = nnx.merge(graphdef, step_stats, rest)
+            return bn(x, mask=mask), nnx.state(bn, nnx.BatchStat)
+
+        old = jax.tree.map(lambda s: s[jnp.minimum(t, self.t_max - 1)], stats)
+        if t.ndim == 0:
+            y, new = normalize(x, mask, old)
+        else:
+            y, new = jax.vmap(normalize, in_axes=(0, None if mask is None else 0, 0))(x, mask, old)
+        if mask is not None:  # an all-padded step has no statistics to contribute
+            valid = jnp.any(mask, axis=-1)[..., None]
+            new = jax.tree.map(lambda n, o: jnp.where(valid, n, o), new, old)
+        slot = jnp.where(t < self.t_max, t, self.t_max)  # out of range: the write is dropped
+        stats = jax.tree.map(lambda s, n: s.at[slot].set(n, mode="drop"), stats, new)
+        nnx.update(self.bn, stats)
+        return y
+
+
+def _make_norm(
+    name: str, num_features: int, *, t_max: int | None, rngs: nnx.Rngs, **kw: Any
+) -> nnx.Module:
+    """`make_norm`, except that `batch` gets per-time-step statistics (`StepBatchNorm`)."""
+    if name != "batch":
+        return make_norm(name, num_features, rngs=rngs, **kw)
+    if t_max is None:
+        raise ValueError(
+            "norm='batch' keeps statistics per time step: pass t_max (the longest training "
+            "sequence; longer steps reuse step t_max - 1's statistics)"
+        )
+    return StepBatchNorm(num_features, t_max=t_max, rngs=rngs, **kw)
+
+
+def _normalize(norm: nnx.Module, y: Array, t: Array | int | None, mask: Array | None) -> Array:
+    if isinstance(norm, StepBatchNorm):
+        if t is None:
+            raise ValueError("a cell with norm='batch' needs the time step: call cell(..., t=t)")
+        return norm(y, t=t, mask=mask)
+    return norm(y, mask=mask)
+
+
+class _Projection(nnx.Module):
+    """`[N_1(W a)_1, N_2(W a)_2, ...]`: one matmul, then a normaliser of its own per slice.
+
+    Several terms that multiply the same vector (e.g. the GRU's `W_x x` and `W x`) share one
+    matmul yet keep separate statistics and gains, as the paper normalises them separately.
+    """
+
+    def __init__(
+        self,
+        norm: str,
+        in_features: int,
+        sizes: Sequence[int],
+        *,
+        dense_bias: bool,
+        kernel_init: Initializer,
+        t_max: int | None,
+        norm_kw: Mapping[str, Any],
+        rngs: nnx.Rngs,
+    ):
+        self.dense = make_dense(norm, in_features, sum(sizes), use_bias=dense_bias, rngs=rngs)
+        kernel = self.dense.kernel
+        kernel[...] = kernel_init(rngs.params(), kernel.shape, kernel.dtype)
+        self.norms = nnx.List(
+            [_make_norm(norm, n, t_max=t_max, rngs=rngs, **norm_kw) for n in sizes]
+        )
+        self.splits = tuple(int(s) for s in np.cumsum(sizes)[:-1])
+
+    def __call__(
+        self, a: Array, *, t: Array | int | None = None, mask: Array | None = None
+    ) -> list[Array]:
+        parts = jnp.split(self.dense(a), self.splits, axis=-1)
+        return [_normalize(n, p, t, mask) for n, p in zip(self.norms, parts, strict=True)]
+
+
+def _check_option(cell: str, key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{cell}: unknown {key}={value!r}; expected one of {tuple(allowed)}")
+
+
+class LSTMCell(nnx.Module):
+    """LSTM with a normaliser chosen by name; gates ordered `[f, i, o, g]` as in the paper.
+
+    `variant="paper"` (Eq. 20-22; Cooijmans et al. for `norm="batch"`):
+        `[f, i, o, g] = N_h(W_h h) + N_x(W_x x) + b`, each `N` jointly over all 4H gate units
+        with its own gain and bias (no bias for batch norm: `BN(.; gamma, 0)`, gamma init 0.1);
+        `c_t = s(f) c + s(i) tanh(g)`; `h_t = s(o) tanh(N_c(c_t))`; `c_t` itself is carried.
+        `norm="weight"` weight-normalises `W_h` and `W_x` instead; `"none"` is the plain LSTM.
+    `variant="draw"`: a plain LSTM whose only normaliser is `N_c` (the paper's DRAW model).
+    `variant="per_gate"` (not the paper; the old TensorFlow `LayerNormBasicLSTMCell`): one
+        normaliser per gate on `W_x x + W_h h`. Pass `carry_normalized_cell=True` too for that
+        cell exactly: it carries `N_c(c_t)` instead of `c_t` (also not the paper).
+
+    The state is `(c, h)`. `norm="batch"` needs `t_max` and the time step `t` at every call.
+    `norm_kwargs` go to every normaliser (e.g. `epsilon`, `momentum`, `unbiased`).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        norm: str = "none",
+        variant: str = "paper",
+        carry_normalized_cell: bool = False,
+        t_max: int | None = None,
+        norm_kwargs: Mapping[str, Any] | None = None,
+        kernel_init: Initializer = _KERNEL_INIT,
+        recurrent_kernel_init: Initializer = _RECURRENT_INIT,
+        rngs: nnx.Rngs,
+    ):
+        _check_option("LSTMCell", "norm", norm, NORMS)
+        _check_option("LSTMCell", "variant", variant, LSTM_VARIANTS)
+        activation_norms = ("layer", "rms") if variant == "per_gate" else ("layer", "batch", "rms")
+        if variant != "paper" and norm not in activation_norms:
+            raise ValueError(
+                f"LSTMCell: variant={variant!r} normalises activations; norm must be one of "
+                f"{activation_norms}, got {norm!r}"
+            )
+        h4 = 4 * hidden_features
+        kw = dict(norm_kwargs or {})
+        cell_kw = {"scale_init": _BN_SCALE_INIT, **kw} if norm == "batch" else kw
+        term_kw = {**cell_kw, "use_bias": False} if norm == "batch" else kw  # BN(.; gamma, 0)
+        gate_norm = norm if variant == "paper" else "none"
+        proj = dict(dense_bias=False, t_max=t_max, norm_kw=term_kw, rngs=rngs)
+        self.input_proj = _Projection(gate_norm, in_features, [h4], kernel_init=kernel_init, **proj)
+        self.recurrent_proj = _Projection(
+            gate_norm, hidden_features, [h4], kernel_init=recurrent_kernel_init, **proj
+        )
+        per_gate = variant == "per_gate"
+        self.gate_norms = nnx.List(
+            [make_norm(norm, hidden_features, rngs=rngs, **kw) for _ in range(4 * per_gate)]
+        )
+        self.cell_norm = _make_norm(norm, hidden_features, t_max=t_max, rngs=rngs, **cell_kw)
+        self.bias = nnx.Param(jnp.zeros((h4,), jnp.float32))
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.carry_normalized_cell = carry_normalized_cell
+
+    def initial_state(self, batch_size: int) -> tuple[Array, Array]:
+        """Zero `(c, h)`, each `[batch_size, hidden_features]`."""
+        zeros = jnp.zeros((batch_size, self.hidden_features), jnp.float32)
+        return zeros, zeros
+
+    def project_inputs(
+        self, x: Array, *, t: Array | int | None = None, mask: Array | None = None
+    ) -> Array:
+        """`N_x(W_x x)`: `x[B, F]` at step `t`, or a whole sequence `x[T, B, F]` at steps `t[T]`."""
+        (gx,) = self.input_proj(x, t=t, mask=mask)
+        return gx
+
+    def step(
+        self,
+        state: tuple[Array, Array],
+        gx: Array,
+        *,
+        t: Array | int | None = None,
+        mask: Array | None = None,
+    ) -> tuple[tuple[Array, Array], Array]:
+        """The recurrent part, given `gx = project_inputs(x_t)`."""
+        c, h = state
+        (gh,) = self.recurrent_proj(h, t=t, mask=mask)
+        z = gh + gx
+        if self.gate_norms:
+            z = jnp.concatenate(
+                [n(p) for n, p in zip(self.gate_norms, jnp.split(z, 4, axis=-1), strict=True)],
+                axis=-1,
+            )
+        f, i, o, g = jnp.split(z + self.bias[...], 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        c_hat = _normalize(self.cell_norm, c, t, mask)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c_hat)
+        return ((c_hat if self.carry_normalized_cell else c), h), h
+
+    def __call__(
+        self,
+        state: tuple[Array, Array],
+        x_t: Array,
+        *,
+        t: Array | int | None = None,
+        mask: Array | None = None,
+    ) -> tuple[tuple[Array, Array], Array]:
+        """One step `x_t[B, F]` -> `((c_t, h_t), h_t)`; `mask[B]` keeps rows out of BN stats."""
+        return self.step(state, self.project_inputs(x_t, t=t, mask=mask), t=t, mask=mask)
+
+
+class GRUCell(nnx.Module):
+    """GRU with a normaliser chosen by name (Eq. 26-28 of the paper for `norm="layer"`).
+
+    `variant="paper"`:
+        `[z, r] = N_h(W_h h) + N_x(W_x x)`, each `N` jointly over the 2H gate units;
+        `h~ = tanh(N_w(W x) + s(r) * N_u(U h))`; `h_t = (1 - s(z)) h + s(z) h~`.
+    `variant="reset_before"` (not the paper): `h~ = tanh(N_w(W x) + N_u(U (s(r) * h)))`.
+
+    Each term has one bias: the normaliser's where it has one (layer, batch, rms), else the
+    linear map's (none, weight), so `norm="none"` is the cuDNN/PyTorch GRU. Batch norm's gamma
+    starts at 0.1 as in Cooijmans et al.; `norm="batch"` needs `t_max` and the step `t`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        norm: str = "none",
+        variant: str = "paper",
+        t_max: int | None = None,
+        norm_kwargs: Mapping[str, Any] | None = None,
+        kernel_init: Initializer = _KERNEL_INIT,
+        recurrent_kernel_init: Initializer = _RECURRENT_INIT,
+        rngs: nnx.Rngs,
+    ):
+        _check_option("GRUCell", "norm", norm, NORMS)
+        _check_option("GRUCell", "variant", variant, GRU_VARIANTS)
+        hid = hidden_features
+        batch_kw = {"scale_init": _BN_SCALE_INIT} if norm == "batch" else {}
+        proj = dict(
+            dense_bias=norm in ("none", "weight"),
+            t_max=t_max,
+            norm_kw={**batch_kw, **(norm_kwargs or {})},
+            rngs=rngs,
+        )
+        self.input_proj = _Projection(
+            norm, in_features, [2 * hid, hid], kernel_init=kernel_init, **proj
+        )
+        recurrent_sizes = [2 * hid, hid] if variant == "paper" else [2 * hid]
+        self.recurrent_proj = _Projection(
+            norm, hid, recurrent_sizes, kernel_init=recurrent_kernel_init, **proj
+        )
+        if variant == "reset_before":
+            self.candidate_proj = _Projection(
+                norm, hid, [hid], kernel_init=recurrent_kernel_init, **proj
+            )
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.variant = variant
+
+    def initial_state(self, batch_size: int) -> Array:
+        """Zero `h`, `[batch_size, hidden_features]`."""
+        return jnp.zeros((batch_size, self.hidden_features), jnp.float32)
+
+    def project_inputs(
+        self, x: Array, *, t: Array | int | None = None, mask: Array | None = None
+    ) -> tuple[Array, Array]:
+        """`(N_x(W_x x), N_w(W x))` from one matmul; `x[B, F]` at `t`, or `x[T, B, F]` at `t[T]`."""
+        gx, cx = self.input_proj(x, t=t, mask=mask)
+        return gx, cx
+
+    def step(
+        self,
+        h: Array,
+        projected: tuple[Array, Array],
+        *,
+        t: Array | int | None = None,
+        mask: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """The recurrent part, given `projected = project_inputs(x_t)`."""
+        gx, cx = projected
+        if self.variant == "paper":
+            gh, ch = self.recurrent_proj(h, t=t, mask=mask)
+        else:
+            (gh,) = self.recurrent_proj(h, t=t, mask=mask)
+        z, r = jnp.split(jax.nn.sigmoid(gh + gx), 2, axis=-1)
+        if self.variant == "paper":
+            candidate = jnp.tanh(cx + r * ch)
+        else:
+            (uh,) = self.candidate_proj(r * h, t=t, mask=mask)
+            candidate = jnp.tanh(cx + uh)
+        h = (1.0 - z) * h + z * candidate
+        return h, h
+
+    def __call__(
+        self,
+        h: Array,
+        x_t: Array,
+        *,
+        t: Array | int | None = None,
+        mask: Array | None = None,
+    ) -> tuple[Array, Array]:
+        """One step `x_t[B, F]` -> `(h_t, h_t)`; `mask[B]` keeps rows out of BN statistics."""
+        return self.step(h, self.project_inputs(x_t, t=t, mask=mask), t=t, mask=mask)
+
+
+__all__ = ["GRU_VARIANTS", "LSTM_VARIANTS", "GRUCell", "LSTMCell", "StepBatchNorm"]

@@ -1,0 +1,85 @@
+"""Timing helpers shared by the benchmark scripts (not tests).
+
+JAX dispatches asynchronously, so every timing blocks on the result; the first call compiles,
+so compilation is timed separately (`compile_fn`) and excluded from the repeats; timings are
+medians over repeats because the machine is shared and the mean is dominated by outliers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and minimum over `repeats`, each the mean of `number` calls."""
+
+    median_s: float
+    min_s: float
+    repeats: int
+    number: int
+
+    @property
+    def median_ms(self) -> float:
+        return self.median_s * 1e3
+
+
+def compile_fn(fn: Callable[..., Any], *args: Any) -> tuple[Callable[..., Any], float]:
+    """Jits, lowers and compiles `fn` for `args`; returns (compiled callable, compile seconds)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def measure(
+    fn: Callable[..., Any],
+    *args: Any,
+    repeats: int = 30,
+    warmup: int = 3,
+    number: int | None = None,
+    min_repeat_s: float = 2e-3,
+) -> Timing:
+    """Times `fn(*args)` (already compiled) after `warmup` calls.
+
+    Each repeat runs `number` back-to-back calls and blocks once, so sub-millisecond calls are not
+    dominated by timer resolution; `number=None` picks it so that a repeat lasts `min_repeat_s`.
+    """
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    if number is None:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        one = max(time.perf_counter() - start, 1e-7)
+        number = max(1, int(min_repeat_s / one))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(number):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / number)
+    return Timing(statistics.median(times), min(times), repeats, number)
+
+
+def gbps(num_bytes: int, seconds: float) -> float:
+    """Effective bandwidth: bytes an ideal kernel must move, divided by the measured time."""
+    return num_bytes / seconds / 1e9
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Prints a Markdown table (so results paste straight into docs/benchmarks.md)."""
+    cells = [[str(h) for h in headers]] + [
+        [f"{c:.3g}" if isinstance(c, float) else str(c) for c in row] for row in rows
+    ]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print("\n".join(lines))

@@ -1,0 +1,182 @@
+"""CNN Q&A builder: exact parsing of hand-written files, structure checks, vocabulary layout,
+entity re-shuffling, and the synthetic corpus through builder and pipeline."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnorm.data import cnn_qa
+from lnorm.data.common import DataError, prepare
+
+FILES = {
+    "training/a.question": "http://x.com/a\n\n@entity0 met @entity1 in paris . @entity1 smiled\n\n"
+    "@placeholder met @entity1\n\n@entity0\n\n@entity0:Ann Lee\n@entity1:Bob\n",
+    "training/b.question": "http://x.com/b\n\n@entity2 saw @entity0 . paris is big\n\n"
+    "@entity2 saw @placeholder\n\n@entity0\n\n@entity0:Cy\n@entity2:Di\n",
+    "validation/c.question": "http://x.com/c\n\n@entity3 met @entity0 in rome\n\n"
+    "@entity3 met @placeholder\n\n@entity0\n\n@entity0:E\n@entity3:F",  # no final newline
+    "test/d.question": "http://x.com/d\n\n@entity1 met @entity0\n\n@placeholder met @entity0\n\n"
+    "@entity1\n\n@entity0:G\n@entity1:H\n",
+}
+# Words by training count, ties alphabetical, after <pad>, <unk>, @placeholder and the entity
+# block, which reaches @entity3 because validation mentions it.
+VOCAB = ["<pad>", "<unk>", "@placeholder", "@entity0", "@entity1", "@entity2", "@entity3",
+         ".", "met", "paris", "saw", "big", "in", "is", "smiled"]
+
+
+def _write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / "cnn" / "questions" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture(scope="module")
+def hand(tmp_path_factory):
+    root = _write(tmp_path_factory.mktemp("cnn_raw"), FILES)
+    return prepare(cnn_qa.CnnQa, tmp_path_factory.mktemp("cnn_out"), manual_dir=root)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    raw = cnn_qa.write_synthetic(tmp_path_factory.mktemp("cnn_syn"), num_examples=48, seed=3)
+    return prepare(cnn_qa.CnnQa, tmp_path_factory.mktemp("cnn_syn_out"), manual_dir=raw)
+
+
+def test_parse_question_exact(tmp_path):
+    q = cnn_qa.parse_question(_write(tmp_path, FILES) / "cnn/questions/training/a.question")
+    assert q.url == "http://x.com/a"
+    assert q.context == ["@entity0", "met", "@entity1", "in", "paris", ".", "@entity1", "smiled"]
+    assert q.query == ["@placeholder", "met", "@entity1"]
+    assert q.answer == "@entity0"
+    assert q.entities == {"@entity0": "Ann Lee", "@entity1": "Bob"}
+
+
+def test_vocabulary_and_stored_examples(hand):
+    vocab = cnn_qa.load_vocab(hand)
+    assert vocab.tokens == VOCAB
+    assert cnn_qa.entity_block(vocab) == (3, 4)
+    assert {s: hand.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
+        "train": 2, "validation": 1, "test": 1}
+    a = hand.as_data_source("train")[0]
+    assert a["context"].tolist() == [3, 8, 4, 12, 9, 7, 4, 14]
+    assert a["query"].tolist() == [2, 8, 4]
+    assert (a["answer"], a["candidates"].tolist(), a["index"]) == (0, [0, 1], 0)
+    c = hand.as_data_source("validation")[0]
+    assert vocab.decode(c["context"]) == ["@entity3", "met", "@entity0", "in", "<unk>"]
+    assert (c["answer"], c["candidates"].tolist()) == (0, [0, 3])
+
+
+def test_vocab_size_keeps_every_entity_marker(tmp_path):
+    root = _write(tmp_path / "raw", FILES)
+    small = prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=root,
+                    config=cnn_qa.CnnQaConfig(name="v9", vocab_size=9))
+    assert cnn_qa.load_vocab(small).tokens == VOCAB[:9]
+    assert small.as_data_source("train")[0]["context"].tolist() == [3, 8, 4, 1, 1, 7, 4, 1]
+    with pytest.raises(DataError, match="vocab_size=6 is below the 7 specials"):
+        prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=root,
+                config=cnn_qa.CnnQaConfig(name="v6", vocab_size=6))
+
+
+def test_pipeline_masks_and_candidates(hand):
+    vocab = cnn_qa.load_vocab(hand)
+    p = cnn_qa.make_pipeline(hand.as_data_source("train"), vocab, batch_size=2, shuffle=False,
+                             context_buckets=(4, 16), query_buckets=None, bucket_by_length=False)
+    (batch,) = list(p.batches(0))
+    assert batch["context"].shape == (2, 16) and batch["query"].shape == (2, 3)
+    assert batch["context_length"].tolist() == [8, 7]
+    np.testing.assert_array_equal(batch["context_mask"], np.arange(16) < [[8], [7]])
+    assert (batch["context"][~batch["context_mask"]] == 0).all()
+    assert batch["answer"].tolist() == [0, 0]
+    np.testing.assert_array_equal(
+        batch["candidate_mask"], [[True, True, False, False], [True, False, True, False]]
+    )
+
+
+BROKEN = [  # (edit of a.question's lines, line named, words of the message)
+    (lambda ls: ["no url", *ls[1:]], 1, "URL"),
+    (lambda ls: [*ls[:1], "x", *ls[2:]], 2, "blank line"),
+    (lambda ls: [*ls[:4], "who met @entity1", *ls[5:]], 5, "@placeholder"),
+    (lambda ls: [*ls[:6], "paris", *ls[7:]], 7, "entity marker"),
+    (lambda ls: [*ls[:6], "@entity1", *ls[7:-1]], 7, "entity lines"),  # @entity1 unlisted
+    (lambda ls: [*ls[:6], "@entity5", *ls[7:], "@entity5:Zed"], 7, "occurs in the context"),
+    (lambda ls: [*ls, "Bob Smith"], 11, "@entityN:name"),
+    (lambda ls: ls[:7], 8, "entity lines"),
+]
+
+
+@pytest.mark.parametrize(("edit", "line", "words"), BROKEN)
+def test_malformed_question_names_file_and_line(tmp_path, edit, line, words):
+    path = tmp_path / "bad.question"
+    path.write_text("\n".join(edit(FILES["training/a.question"].rstrip("\n").split("\n"))))
+    with pytest.raises(DataError, match=rf"bad\.question:{line}: .*{words}"):
+        cnn_qa.parse_question(path)
+
+
+def test_missing_files_give_instructions(tmp_path):
+    with pytest.raises(DataError, match=r"(?s)cnn/questions/training.*cnn\.tgz"):
+        prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=tmp_path / "absent")
+    _write(tmp_path / "partial", {"training/a.question": FILES["training/a.question"]})
+    with pytest.raises(DataError, match=r"(?s)cnn/questions/validation.*cnn\.tgz"):
+        prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=tmp_path / "partial")
+
+
+def _solve(context: np.ndarray, query: np.ndarray, placeholder: int) -> int:
+    """The token at the placeholder where the query matches a stretch of the context."""
+    slot = int(np.flatnonzero(query == placeholder)[0])
+    for start in range(len(context) - len(query) + 1):
+        window = context[start : start + len(query)]
+        if all(w == q for j, (w, q) in enumerate(zip(window, query, strict=True)) if j != slot):
+            return int(window[slot])
+    return -1
+
+
+def test_relabel_is_a_consistent_deterministic_permutation(synthetic):
+    vocab = cnn_qa.load_vocab(synthetic)
+    offset, count = cnn_qa.entity_block(vocab)
+    example = synthetic.as_data_source("train")[5]
+    out = cnn_qa.Relabel(vocab, seed=1)(example)
+    again, other = cnn_qa.Relabel(vocab, seed=1)(example), cnn_qa.Relabel(vocab, seed=2)(example)
+    np.testing.assert_array_equal(out["context"], again["context"])
+    assert not np.array_equal(out["context"], other["context"])
+    # One bijection of entity ids explains every change; other tokens stay.
+    mapping = {}
+    for old, new in zip(np.concatenate([example["context"], example["query"]]),
+                        np.concatenate([out["context"], out["query"]]), strict=True):
+        is_entity = offset <= old < offset + count
+        assert is_entity == (offset <= new < offset + count)
+        if is_entity:
+            assert mapping.setdefault(int(old), int(new)) == new
+        else:
+            assert old == new
+    assert len(set(mapping.values())) == len(mapping)
+    assert mapping[offset + int(example["answer"])] == offset + int(out["answer"])
+    assert sorted(offset + out["candidates"]) == sorted(mapping[offset + c]
+                                                        for c in example["candidates"])
+
+
+def test_synthetic_answers_recoverable_after_relabelling(synthetic):
+    vocab = cnn_qa.load_vocab(synthetic)
+    offset, _ = cnn_qa.entity_block(vocab)
+    placeholder = vocab.index[cnn_qa.PLACEHOLDER]
+    p = cnn_qa.make_pipeline(synthetic.as_data_source("train"), vocab, batch_size=16, seed=4,
+                             relabel_entities=True, context_buckets=(32, 64))
+    right = total = chance = 0.0
+    seen = []
+    for batch in p.batches(0):
+        positions = np.arange(batch["context"].shape[1])
+        np.testing.assert_array_equal(
+            batch["context_mask"], positions < batch["context_length"][:, None]
+        )
+        assert batch["candidate_mask"][np.arange(len(batch["answer"])), batch["answer"]].all()
+        for i in range(len(batch["answer"])):
+            ctx = batch["context"][i, : batch["context_length"][i]]
+            qry = batch["query"][i, : batch["query_length"][i]]
+            right += _solve(ctx, qry, placeholder) - offset == batch["answer"][i]
+            chance += 1 / batch["candidate_mask"][i].sum()
+            total += 1
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(48))  # every question once per epoch
+    assert right / total >= 0.9 > 2 * chance / total

@@ -1,0 +1,125 @@
+"""The pmnist experiment: the model's normaliser placement, and the CLI end to end on a
+synthetic dataset in the real MNIST file format (single runs, a sweep, and curve comparison)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments.common import norm_options
+from experiments.pmnist import MLP
+from experiments.schema import NormConfig
+from lnorm.data.mnist import pixel_permutation, write_synthetic
+from lnorm.norms import BatchNorm, Identity, LayerNorm, WeightNormDense
+from scripts import compare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _norm_types(norm: str, norm_output: bool) -> list[type]:
+    model = MLP([784, 16, 16, 10], norm=norm, norm_output=norm_output, rngs=nnx.Rngs(0))
+    return [type(layer.norm) for layer in model.layers]
+
+
+def test_layer_norm_on_hidden_layers_only_batch_norm_on_all():
+    assert _norm_types("layer", False) == [LayerNorm, LayerNorm, Identity]
+    assert _norm_types("batch", True) == [BatchNorm, BatchNorm, BatchNorm]
+    assert _norm_types("none", False) == [Identity, Identity, Identity]
+    model = MLP([784, 16, 10], norm="weight", norm_output=True, rngs=nnx.Rngs(0))
+    assert all(isinstance(layer.dense, WeightNormDense) for layer in model.layers)
+
+
+def test_batch_norm_uses_unbiased_variance_at_batch_size_4_only():
+    assert norm_options(NormConfig(name="batch"), 4)["unbiased"] is True
+    assert norm_options(NormConfig(name="batch"), 128)["unbiased"] is False
+    assert norm_options(NormConfig(name="batch", unbiased=False), 4)["unbiased"] is False
+    assert norm_options(NormConfig(name="layer", epsilon=1e-3), 4) == {"epsilon": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def synthetic_mnist(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("idx"), num_examples=640, seed=0)
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.run", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _small(synthetic: Path, data_dir: Path) -> list[str]:
+    return [
+        "+exp=pmnist",
+        f"data.manual_dir={synthetic}",
+        f"data.data_dir={data_dir}",
+        "data.verify_md5=false",
+        "data.validation_size=128",
+        "data.batch_size=32",
+        "data.eval_batch_size=64",
+        "model.hidden=[64,64]",
+        "train.log_every=4",
+        "train.steps_per_call=4",
+        "train.checkpoint_every=8",
+        "train.progress=false",
+    ]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_trains_and_records_a_run(synthetic_mnist, tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*_small(synthetic_mnist, tmp_path / "data"), "train.epochs=2", "seed=3",
+            f"hydra.run.dir={run_dir}"]
+    result = _run(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    rows = _rows(run_dir)
+    train_nll = [r["train/nll"] for r in rows if "train/nll" in r]
+    test_error = [r["test/error"] for r in rows if "test/error" in r]
+    assert train_nll[-1] < 0.5 * train_nll[0]
+    assert test_error[-1] < 0.5  # ten classes: chance is 0.9
+    assert len(test_error) == 2  # evaluated at each epoch end
+
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["seed"] == 3 and info["config"]["norm"]["name"] == "layer"
+    assert "git" in json.dumps(info) and "jax" in json.dumps(info)
+    np.testing.assert_array_equal(np.load(run_dir / "permutation.npy"), pixel_permutation(3))
+    assert any((run_dir / "checkpoints").iterdir())
+    assert list(run_dir.rglob("offline-run-*")), "no W&B offline run was written"
+
+
+def test_cli_sweep_runs_separate_jobs_and_compare_plots_them(synthetic_mnist, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *_small(synthetic_mnist, tmp_path / "data"), "train.epochs=1",
+            "norm=none,batch", f"hydra.sweep.dir={sweep_dir}"]
+    result = _run(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    runs = compare.find_runs([sweep_dir])
+    assert len(runs) == 2
+    assert {compare.load_run(r).norm for r in runs} == {"none", "batch"}
+    assert all(list(r.rglob("offline-run-*")) for r in runs), "each job needs its own W&B run"
+
+    out = tmp_path / "figs"
+    assert compare.main([str(sweep_dir), "--out", str(out), "--name", "fig6"]) == 0
+    assert (out / "fig6.png").stat().st_size > 10_000
+    table = (out / "fig6.md").read_text()
+    assert "| 32 | batch (seed 0) |" in table and "| 32 | none (seed 0) |" in table
+
+
+def test_cli_without_experiment_lists_them_and_leaves_nothing(tmp_path):
+    result = _run([], tmp_path)
+    assert result.returncode == 2
+    assert "pmnist" in result.stderr
+    assert not (tmp_path / "outputs").exists()

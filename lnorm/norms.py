@@ -44,29 +44,36 @@ def _check_features(where: str, x: Array, param: Array | None, name: str) -> Non
 # Written for memory traffic, which is what a normaliser's time is. The residuals are the input
 # itself (the caller keeps it alive anyway) plus two per-row scalars, so the forward pass writes
 # nothing but its output and the backward pass re-derives x_hat on the fly instead of reading a
-# saved full-size copy. Row statistics are variadic reductions, several sums in one pass that XLA
-# keeps as one loop fusion; as separate `jnp.sum`s XLA:CPU gives them to its reduction library,
-# which then materialises full-size broadcasts of the statistics (2-3 extra 32 MB buffers at
-# 8192x1024). The forward statistics are the mean and mean square of x shifted by its first
-# element, which keeps E[d^2] - E[d]^2 accurate when |mean| >> std, where the textbook one-pass
-# formula cancels catastrophically.
+# saved full-size copy. Under differentiation, row sums are variadic reductions (several sums in
+# one pass, one loop fusion): as separate `jnp.sum`s, XLA:CPU hands them to its reduction library,
+# which then materialises full-size broadcasts of the statistics for their several consumers
+# (2-3 extra 32 MB buffers at 8192x1024, each paid for in page faults). Forward-only calls have
+# one consumer, and there the plain two-pass statistics compile to the faster kernels.
 
 
 def _row_sums(*terms: Array) -> tuple[Array, ...]:
-    """Sums of each term over the last axis, in one pass (kept as (..., 1))."""
+    """Sums of each term over the last axis in one pass, kept as (..., 1)."""
     zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-    sums = jax.lax.reduce(
-        terms, zeros, lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), (terms[0].ndim - 1,)
-    )
+    add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
+    sums = jax.lax.reduce(terms, zeros, add, (terms[0].ndim - 1,))
     return tuple(total[..., None] for total in sums)
 
 
-def _row_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
-    """Per-row (mean, 1/sigma) over the last axis, kept as (..., 1)."""
-    n = x.shape[-1]
+def _two_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
+    """Per-row (mean, 1/sigma) over the last axis, kept as (..., 1); no mean without centring."""
     if not center:
-        (sq,) = _row_sums(x * x)
-        return None, jax.lax.rsqrt(sq / n + epsilon)
+        return None, jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + epsilon)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return mean, jax.lax.rsqrt(var + epsilon)
+
+
+def _one_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
+    """The same statistics in one variadic pass. Shifting x by its first element keeps
+    E[d^2] - E[d]^2 accurate when |mean| >> std, where the textbook formula cancels."""
+    if not center:
+        return _two_pass_stats(x, epsilon, center)
+    n = x.shape[-1]
     shift = x[..., :1]
     d = x - shift
     s1, s2 = _row_sums(d, d * d)
@@ -75,15 +82,25 @@ def _row_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Ar
     return shift + m1, jax.lax.rsqrt(var + epsilon)
 
 
-def _normalize_fwd(x, scale, bias, epsilon, center, dtype):
-    xf = x.astype(_compute_dtype(x.dtype))
-    mean, rstd = _row_stats(xf, epsilon, center)
-    y = (xf - mean) * rstd if center else xf * rstd
+def _affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
+    y = (xf - mean) * rstd if mean is not None else xf * rstd
     if scale is not None:
         y = y * scale
     if bias is not None:
         y = y + bias
-    return y.astype(dtype or x.dtype), (x, mean, rstd, scale, bias)
+    return y.astype(dtype or out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize(x, scale, bias, epsilon, center, dtype):
+    xf = x.astype(_compute_dtype(x.dtype))
+    return _affine(xf, *_two_pass_stats(xf, epsilon, center), scale, bias, dtype, x.dtype)
+
+
+def _normalize_fwd(x, scale, bias, epsilon, center, dtype):
+    xf = x.astype(_compute_dtype(x.dtype))
+    mean, rstd = _one_pass_stats(xf, epsilon, center)
+    return _affine(xf, mean, rstd, scale, bias, dtype, x.dtype), (x, mean, rstd, scale, bias)
 
 
 def _normalize_bwd(epsilon, center, dtype, res, dy):
@@ -96,21 +113,13 @@ def _normalize_bwd(epsilon, center, dtype, res, dy):
     n = x.shape[-1]
     xhat = (xf - mean) * rstd if center else xf * rstd
     g = dyf * scale if scale is not None else dyf
-    if center:
-        g_sum, proj = _row_sums(g, g * xhat)
-        dx = rstd * (g - g_sum / n - xhat * (proj / n))
-    else:
-        (proj,) = _row_sums(g * xhat)
-        dx = rstd * (g - xhat * (proj / n))
+    g_sum, proj = _row_sums(g, g * xhat)  # g_sum unused without centring: kept one fusion
+    dx = g - xhat * (proj / n)
+    dx = rstd * (dx - g_sum / n if center else dx)
     batch_axes = tuple(range(x.ndim - 1))
     dscale = None if scale is None else jnp.sum(dyf * xhat, batch_axes).astype(scale.dtype)
     dbias = None if bias is None else jnp.sum(dyf, batch_axes).astype(bias.dtype)
     return dx.astype(x.dtype), dscale, dbias
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _normalize(x, scale, bias, epsilon, center, dtype):
-    return _normalize_fwd(x, scale, bias, epsilon, center, dtype)[0]
 
 
 _normalize.defvjp(_normalize_fwd, _normalize_bwd)

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import tensorflow_datasets as tfds
+
 from lnorm.data.common import prepare
 from lnorm.data.pipeline import Pipeline
 
@@ -119,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=400, help="timed batches per row")
     parser.add_argument("--only", default="", help="comma-separated dataset modules")
     args = parser.parse_args(argv)
+    tfds.disable_progress_bar()
     only = set(filter(None, args.only.split(",")))
     print(
         f"{'experiment':17} {'dataset':16} {'batch':>5} {'prep s/10k':>13} "

@@ -68,8 +68,9 @@ def test_missing_files_give_instructions_without_network(tmp_path, monkeypatch):
     monkeypatch.setattr(bm, "download_with_timeout", offline)
     (tmp_path / "manual").mkdir()
     (tmp_path / "manual" / "binarized_mnist_train.amat").write_text("")
-    with pytest.raises(DataError, match=r"(?s)manual: missing files.*offline: http://www\.cs\."
-                                        r"toronto.*binarized_mnist_valid\.amat.*stochastic"):
+    with pytest.raises(DataError, match=r"(?s)manual: missing binarized_mnist_valid\.amat, "
+                                        r"binarized_mnist_test\.amat.*offline: http://www\.cs\."
+                                        r"toronto.*stochastic"):
         prepare(bm.BinarizedMnist, tmp_path / "out", manual_dir=tmp_path / "manual")
 
 

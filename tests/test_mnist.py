@@ -166,7 +166,7 @@ def test_split_sizes_and_contents(synthetic, splits):
 def test_validation_size_too_large(synthetic, tmp_path):
     with pytest.raises(DataError, match="150 training images, too few for validation_size=150"):
         mnist.load_mnist(tmp_path, manual_dir=synthetic, validation_size=150, verify_md5=False)
-    assert not list((tmp_path / "mnist").glob("*/1.0.0"))  # nothing half-prepared left behind
+    assert list((tmp_path / "mnist" / "val150_unverified").iterdir()) == []  # nothing half-done
 
 
 def test_synthetic_round_trip_is_learnable(splits):

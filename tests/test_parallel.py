@@ -1,5 +1,5 @@
-"""Data parallelism: 8 (forced host) devices give the 1-device losses, for LayerNorm and for
-BatchNorm (whose batch statistics must be global, not per shard)."""
+"""Data parallelism: on 8 (forced host) devices an MLP with LayerNorm and BatchNorm trains
+to the 1-device losses (batch statistics global, not per shard)."""
 
 from __future__ import annotations
 
@@ -27,13 +27,21 @@ SCRIPT = textwrap.dedent("""
     y = (x @ rng.normal(size=(8, 4))).argmax(-1).astype(np.int32)
 
     class MLP(nnx.Module):
-        def __init__(self, norm, rngs):
-            self.l1 = nnx.Linear(8, 32, rngs=rngs)
-            self.norm = norm(32, rngs=rngs)
-            self.l2 = nnx.Linear(32, 4, rngs=rngs)
+        # Both normalisers in one net (one compilation per device count): layer norm, then
+        # batch norm, whose statistics must be global over the 8 shards, not per shard.
+
+        def __init__(self, rngs):
+            # No bias before a normaliser (as in lnorm.norms.NormedDense): under BatchNorm its
+            # gradient is pure rounding noise, which Adam would blow up to full-size steps.
+            self.l1 = nnx.Linear(8, 32, use_bias=False, rngs=rngs)
+            self.ln = norms.LayerNorm(32, rngs=rngs)
+            self.l2 = nnx.Linear(32, 32, use_bias=False, rngs=rngs)
+            self.bn = norms.BatchNorm(32, momentum=0.5, rngs=rngs)
+            self.l3 = nnx.Linear(32, 4, rngs=rngs)
 
         def __call__(self, x):
-            return self.l2(nnx.relu(self.norm(self.l1(x))))
+            h = nnx.relu(self.ln(self.l1(x)))
+            return self.l3(nnx.relu(self.bn(self.l2(h))))
 
     def loss_fn(model, batch, rng):
         logits = model(batch["x"])
@@ -43,14 +51,14 @@ SCRIPT = textwrap.dedent("""
         nll = optax.softmax_cross_entropy_with_integer_labels(model(batch["x"]), batch["y"])
         return {"nll": nll.sum(), "count": nll.shape[0]}
 
-    def run(norm, devices, batch):
+    def run(devices, batch):
         def train_batches(epoch, start):
             perm = np.random.default_rng(epoch).permutation(64)
             for i in range(start, 64 // batch):
                 idx = perm[i * batch:(i + 1) * batch]
                 yield {"x": x[idx], "y": y[idx]}
 
-        task = Task(MLP(norm, nnx.Rngs(0)), loss_fn, train_batches, 64 // batch,
+        task = Task(MLP(nnx.Rngs(0)), loss_fn, train_batches, 64 // batch,
                     {"eval": lambda m: evaluate(m, metric_fn, [{"x": x, "y": y}])})
         config = TrainConfig(epochs=2, log_every=1, progress=False,
                              optim=OptimConfig(learning_rate=1e-2))
@@ -61,12 +69,9 @@ SCRIPT = textwrap.dedent("""
         return {"losses": losses, "eval_nll": final["eval/nll"],
                 "param_devices": len(task.model.l1.kernel[...].sharding.device_set)}
 
-    out = {}
-    for name in ("LayerNorm", "BatchNorm"):
-        norm = getattr(norms, name)
-        out[name] = {"one": run(norm, jax.devices()[:1], 16), "eight": run(norm, None, 16)}
+    out = {"one": run(jax.devices()[:1], 16), "eight": run(None, 16)}
     try:
-        run(norms.LayerNorm, None, 12)
+        run(None, 12)
     except ValueError as e:
         out["error"] = str(e)
     print("RESULT" + json.dumps(out))
@@ -84,12 +89,12 @@ def results():
     return json.loads(line[len("RESULT"):])
 
 
-@pytest.mark.parametrize("norm", ["LayerNorm", "BatchNorm"])
-def test_eight_devices_match_one(results, norm):
-    one, eight = results[norm]["one"], results[norm]["eight"]
+def test_eight_devices_match_one(results):
+    one, eight = results["one"], results["eight"]
     assert (one["param_devices"], eight["param_devices"]) == (1, 8)
     assert len(one["losses"]) == 8
     np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    # Evaluation uses BatchNorm's running averages, accumulated from the global statistics.
     np.testing.assert_allclose(eight["eval_nll"], one["eval_nll"], rtol=1e-5)
     assert one["losses"][-1] < one["losses"][0]
 

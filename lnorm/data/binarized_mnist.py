@@ -27,6 +27,7 @@ from lnorm.data import mnist
 from lnorm.data.common import (
     DataError,
     download_with_timeout,
+    first_source,
     manual_dir_or_none,
     prepare,
     require_files,
@@ -119,18 +120,12 @@ def fetch(
     at once when its files fail the checks), an earlier download, the public host. When all
     fail, the DataError lists each source and why."""
     cache = Path(download_dir) / "binarized_mnist"
-    if manual_dir is not None and all((Path(manual_dir) / n).exists() for n in NAMES):
-        return verify(Path(manual_dir), check=verify_checksums)
-    tried = [f"folder {manual_dir}: missing files"] if manual_dir is not None else []
-    sources = ((f"earlier download {cache}", lambda: cache), (URL, lambda: _from_host(cache)))
-    for name, source in sources:
-        cache.mkdir(parents=True, exist_ok=True)
-        try:
-            return verify(source())
-        except (OSError, DataError) as e:
-            tried.append(f"{name}: {e}".splitlines()[0])
-    raise DataError(
-        "could not obtain binarized MNIST; tried:\n  " + "\n  ".join(tried) + INSTRUCTIONS
+    cache.mkdir(parents=True, exist_ok=True)
+    return first_source(
+        "binarized MNIST", NAMES, manual_dir=manual_dir,
+        sources=[(f"earlier download {cache}", lambda: cache), (URL, lambda: _from_host(cache))],
+        verify=lambda folder: verify(folder, check=verify_checksums or folder == cache),
+        instructions=INSTRUCTIONS,
     )
 
 

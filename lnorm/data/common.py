@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +117,33 @@ def manual_root(
         what = f"missing files: {', '.join(names)}" if names else "no manual data directory"
         raise DataError(f"{what}: {str(e).splitlines()[0]}\n{instructions.strip()}") from None
     return require_files(root, names, instructions)
+
+
+def first_source(
+    what: str,
+    names: Sequence[str],
+    *,
+    manual_dir: str | os.PathLike | None,
+    sources: Sequence[tuple[str, Callable[[], Path]]],
+    verify: Callable[[Path], Path],
+    instructions: str,
+) -> Path:
+    """The folder of the first source that yields the files `names`, verified by `verify`.
+
+    A user folder (`manual_dir`) holding all the files is used, and must pass `verify` (it was
+    named on purpose: a failure there is an error at once). Otherwise each of `sources`
+    (a description and a function returning a folder) is tried in order, a failure noted and
+    the next one tried; when all fail, one DataError lists each source and why it failed.
+    """
+    tried = []
+    if manual_dir is not None:
+        missing = [n for n in names if not (Path(manual_dir) / n).exists()]
+        if not missing:
+            return verify(Path(manual_dir))
+        tried.append(f"folder {manual_dir}: missing {', '.join(missing)}")
+    for name, source in sources:
+        try:
+            return verify(source())
+        except (OSError, DataError) as e:
+            tried.append(f"{name}: {e}".splitlines()[0])
+    raise DataError(f"could not obtain {what}; tried:\n  " + "\n  ".join(tried) + instructions)

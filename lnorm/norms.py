@@ -113,9 +113,11 @@ def _normalize_bwd(epsilon, center, dtype, res, dy):
     n = x.shape[-1]
     xhat = (xf - mean) * rstd if center else xf * rstd
     g = dyf * scale if scale is not None else dyf
-    g_sum, proj = _row_sums(g, g * xhat)  # g_sum unused without centring: kept one fusion
+    g_sum, proj = _row_sums(g, g * xhat)  # XLA drops g_sum where it is unused
     dx = g - xhat * (proj / n)
-    dx = rstd * (dx - g_sum / n if center else dx)
+    if center:
+        dx = dx - g_sum / n
+    dx = rstd * dx
     batch_axes = tuple(range(x.ndim - 1))
     dscale = None if scale is None else jnp.sum(dyf * xhat, batch_axes).astype(scale.dtype)
     dbias = None if bias is None else jnp.sum(dyf, batch_axes).astype(bias.dtype)

@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from lnorm.data.common import prepare
 from lnorm.data.pipeline import Pipeline
+from lnorm.data.vocab import load_vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,7 @@ def _train(m, builder, batch_size):
 
 
 def _train_vocab(m, builder, batch_size):
-    source, vocab = builder.as_data_source("train"), m.load_vocab(builder)
+    source, vocab = builder.as_data_source("train"), load_vocab(builder)
     return m.make_pipeline(source, vocab, batch_size=batch_size, seed=0)
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from lnorm.data import bookcorpus as bc
 from lnorm.data.common import DataError, prepare
-from lnorm.data.vocab import Vocab
+from lnorm.data.vocab import Vocab, load_vocab
 
 P1 = "A b c\nd e\nf\n\ng h\ni\nj k l m\n"  # two paragraphs (blank line between)
 P2 = "n o\np\nq\n"  # a file end is a boundary too
@@ -28,7 +28,7 @@ def fixture_builder(tmp_path_factory):
 
 def test_fixture_parsed_exactly(fixture_builder):
     src = fixture_builder.as_data_source()
-    vocab = bc.load_vocab(fixture_builder)
+    vocab = load_vocab(fixture_builder)
     train = sorted(_decode(vocab, src["train"][i]) for i in range(len(src["train"])))
     # lowercased, truncated to max_length=3 words, no triple across a blank line or a file end
     assert train == [("a b c", "d e", "f"), ("g h", "i", "j k l")]
@@ -80,7 +80,7 @@ def synthetic_builder(tmp_path_factory):
 
 def test_synthetic_round_trip_through_pipeline(synthetic_builder):
     src = synthetic_builder.as_data_source()
-    vocab = bc.load_vocab(synthetic_builder)
+    vocab = load_vocab(synthetic_builder)
     total = len(src["train"]) + len(src["validation"])
     assert len(src["validation"]) == round(0.1 * total)
     pipe = bc.make_pipeline(src["train"], batch_size=8, seed=0, bucket_by_length=True)

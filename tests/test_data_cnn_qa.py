@@ -8,6 +8,7 @@ import pytest
 
 from lnorm.data import cnn_qa
 from lnorm.data.common import DataError, prepare
+from lnorm.data.vocab import load_vocab
 
 FILES = {
     "training/a.question": "http://x.com/a\n\n@entity0 met @entity1 in paris . @entity1 smiled\n\n"
@@ -55,7 +56,7 @@ def test_parse_question_exact(tmp_path):
 
 
 def test_vocabulary_and_stored_examples(hand):
-    vocab = cnn_qa.load_vocab(hand)
+    vocab = load_vocab(hand)
     assert vocab.tokens == VOCAB
     assert cnn_qa.entity_block(vocab) == (3, 4)
     assert {s: hand.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
@@ -73,7 +74,7 @@ def test_vocab_size_keeps_every_entity_marker(tmp_path):
     root = _write(tmp_path / "raw", FILES)
     small = prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=root,
                     config=cnn_qa.CnnQaConfig(name="v9", vocab_size=9))
-    assert cnn_qa.load_vocab(small).tokens == VOCAB[:9]
+    assert load_vocab(small).tokens == VOCAB[:9]
     assert small.as_data_source("train")[0]["context"].tolist() == [3, 8, 4, 1, 1, 7, 4, 1]
     with pytest.raises(DataError, match="vocab_size=6 is below the 7 specials"):
         prepare(cnn_qa.CnnQa, tmp_path / "out", manual_dir=root,
@@ -81,7 +82,7 @@ def test_vocab_size_keeps_every_entity_marker(tmp_path):
 
 
 def test_pipeline_masks_and_candidates(hand):
-    vocab = cnn_qa.load_vocab(hand)
+    vocab = load_vocab(hand)
     p = cnn_qa.make_pipeline(hand.as_data_source("train"), vocab, batch_size=2, shuffle=False,
                              context_buckets=(4, 16), query_buckets=None, bucket_by_length=False)
     (batch,) = list(p.batches(0))
@@ -134,7 +135,7 @@ def _solve(context: np.ndarray, query: np.ndarray, placeholder: int) -> int:
 
 
 def test_relabel_is_a_consistent_deterministic_permutation(synthetic):
-    vocab = cnn_qa.load_vocab(synthetic)
+    vocab = load_vocab(synthetic)
     offset, count = cnn_qa.entity_block(vocab)
     example = synthetic.as_data_source("train")[5]
     out = cnn_qa.Relabel(vocab, seed=1)(example)
@@ -158,7 +159,7 @@ def test_relabel_is_a_consistent_deterministic_permutation(synthetic):
 
 
 def test_synthetic_answers_recoverable_after_relabelling(synthetic):
-    vocab = cnn_qa.load_vocab(synthetic)
+    vocab = load_vocab(synthetic)
     offset, _ = cnn_qa.entity_block(vocab)
     placeholder = vocab.index[cnn_qa.PLACEHOLDER]
     p = cnn_qa.make_pipeline(synthetic.as_data_source("train"), vocab, batch_size=16, seed=4,

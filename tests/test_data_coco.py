@@ -8,6 +8,7 @@ import pytest
 
 from lnorm.data import coco
 from lnorm.data.common import DataError, prepare
+from lnorm.data.vocab import load_vocab
 
 TRAIN_CAPS = ["a dog runs", "a dog", "the dog runs fast", "dog", "a big dog",
               "a cat sits", "cat", "the cat", "a cat on a mat", "cats"]
@@ -48,7 +49,7 @@ def synthetic(tmp_path_factory):
 
 
 def test_examples_and_vocabulary_exact(hand):
-    assert coco.load_vocab(hand).tokens == VOCAB
+    assert load_vocab(hand).tokens == VOCAB
     assert [hand.info.splits[s].num_examples for s in ("train", "validation", "test")] == [2, 1, 2]
     train = hand.as_data_source("train")
     for i in range(2):
@@ -59,7 +60,7 @@ def test_examples_and_vocabulary_exact(hand):
 
 
 def test_pipeline_pairs_captions_with_their_image(hand):
-    vocab = coco.load_vocab(hand)
+    vocab = load_vocab(hand)
     p = coco.make_pipeline(hand.as_data_source("train"), vocab, batch_size=4, shuffle=False,
                            buckets=None, bucket_by_length=False)
     batches = list(p.batches(0))
@@ -74,7 +75,7 @@ def test_pipeline_pairs_captions_with_their_image(hand):
 
 
 def test_split_arrays_and_folds(hand):
-    vocab = coco.load_vocab(hand)
+    vocab = load_vocab(hand)
     assert coco.fold_splits(5000) == ["test[0:1000]", "test[1000:2000]", "test[2000:3000]",
                                       "test[3000:4000]", "test[4000:5000]"]
     folds = coco.fold_splits(2, fold_size=1)
@@ -109,7 +110,7 @@ def test_missing_files_give_instructions(tmp_path):
 
 def test_synthetic_round_trip_and_learnable(synthetic):
     raw, builder = synthetic
-    vocab = coco.load_vocab(builder)
+    vocab = load_vocab(builder)
     train = builder.as_data_source("train")
     np.testing.assert_array_equal(train[7]["image"], np.load(raw / "coco_train_ims.npy")[7])
     p = coco.make_pipeline(train, vocab, batch_size=32, seed=1, buckets=(8, 16))

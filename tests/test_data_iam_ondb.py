@@ -11,6 +11,7 @@ import pytest
 
 from lnorm.data import iam_ondb as iam
 from lnorm.data.common import DataError, prepare
+from lnorm.data.vocab import load_vocab
 
 ASCII = "Data: form\nOCR:\n\nAb cd WRONG\nef\n\nCSR:\n\nAb cd\nef\n"
 # three strokes, the second a single dot; the times are not used
@@ -77,7 +78,7 @@ def test_fixture_parsed_exactly(fixture_builder):
     # one form per split; a form's lines stay together
     forms = {s: {k[:8] for k in v} for s, v in splits.items()}
     assert sorted(map(len, forms.values())) == [1, 1] and not forms["train"] & forms["validation"]
-    vocab = iam.load_vocab(fixture_builder)
+    vocab = load_vocab(fixture_builder)
     train_chars = {c for k in splits["train"] for c in texts[k]}
     assert set(vocab.tokens[2:]) == train_chars  # training transcriptions only
     for e in lines.values():

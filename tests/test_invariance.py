@@ -53,7 +53,9 @@ TABLE = {  # True = invariant
     "layer": (True, True, False, True, False, True),
     "rms": (True, False, False, True, False, True),  # not in the paper
 }
-CELLS = [(norm, col, inv) for norm, row in TABLE.items() for col, inv in zip(COLUMNS, row)]
+CELLS = [
+    (norm, col, inv) for norm, row in TABLE.items() for col, inv in zip(COLUMNS, row, strict=True)
+]
 
 
 class Net(nnx.Module):
@@ -67,21 +69,20 @@ class Net(nnx.Module):
 
 @functools.cache
 def net(norm):
-    """(graphdef, state, jitted apply) with non-trivial gains and biases."""
+    """(state, jitted apply(state, kernel, x)) of a Net with non-trivial gains and biases."""
     model = Net(norm, nnx.Rngs(0))
-    inner = model.hidden.norm if norm != "weight" else model.hidden.dense
-    inner.scale[...] = jnp.linspace(0.5, 1.5, HIDDEN)
-    inner.bias[...] = jnp.linspace(-0.3, 0.3, HIDDEN)
+    affine = model.hidden.dense if norm == "weight" else model.hidden.norm
+    affine.scale[...] = jnp.linspace(0.5, 1.5, HIDDEN)
+    affine.bias[...] = jnp.linspace(-0.3, 0.3, HIDDEN)
     graphdef, state = nnx.split(model)
-    apply = jax.jit(lambda state, w, x: nnx.merge(graphdef, state, copy=True)(x) if w is None else
-                    _with_kernel(graphdef, state, w)(x))
+
+    @jax.jit
+    def apply(state, kernel, x):
+        model = nnx.merge(graphdef, state)
+        model.hidden.dense.kernel[...] = kernel
+        return model(x)  # batch norm in training mode: batch statistics
+
     return state, apply
-
-
-def _with_kernel(graphdef, state, w):
-    model = nnx.merge(graphdef, state, copy=True)
-    model.hidden.dense.kernel[...] = w
-    return model
 
 
 @pytest.mark.parametrize("norm, column, invariant", CELLS,

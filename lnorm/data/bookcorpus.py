@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
 from lnorm.data.pipeline import Pad, Pipeline, Source, sequence_lengths
-from lnorm.data.vocab import Vocab
+from lnorm.data.vocab import VOCAB_FILE, Vocab
 
 EOS = "<eos>"
 EOS_ID = 2  # a Vocab holds <pad>, <unk>, then its specials
@@ -96,7 +96,7 @@ class BookCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             min_count=cfg.min_count,
             specials=(EOS,),
         )
-        vocab.save(Path(self.data_dir) / "vocab.json")
+        vocab.save(Path(self.data_dir) / VOCAB_FILE)
         return {
             "train": self._generate_examples(paths, vocab, 0, split),
             "validation": self._generate_examples(paths, vocab, split, None),
@@ -190,11 +190,6 @@ def _triples(
         keys.append(f"{path.name}:{line_no}")
         if len(window) == 3:
             yield keys[1], tuple(window)
-
-
-def load_vocab(builder: tfds.core.DatasetBuilder) -> Vocab:
-    """The vocabulary saved with a prepared BookCorpus."""
-    return Vocab.load(Path(builder.data_dir) / "vocab.json")
 
 
 def make_pipeline(

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
 from lnorm.data.pipeline import Example, Pad, Pipeline, Source, sequence_lengths
-from lnorm.data.vocab import PAD, UNK, Vocab
+from lnorm.data.vocab import PAD, UNK, VOCAB_FILE, Vocab
 
 PLACEHOLDER = "@placeholder"
 ENTITY_PREFIX = "@entity"
@@ -197,7 +197,7 @@ class CnnQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
         taken = set(head)
         vocab = Vocab((head + [t for t in ranked if t not in taken])[: cfg.vocab_size])
-        vocab.save(Path(self.data_dir) / "vocab.json")
+        vocab.save(Path(self.data_dir) / VOCAB_FILE)
         return {split: self._generate_examples(paths, vocab) for split, paths in files.items()}
 
     def _generate_examples(self, paths: list[Path], vocab: Vocab):
@@ -214,11 +214,6 @@ class CnnQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "index": index,
                 },
             )
-
-
-def load_vocab(builder: tfds.core.DatasetBuilder) -> Vocab:
-    """The vocabulary saved with a prepared CNN corpus."""
-    return Vocab.load(Path(builder.data_dir) / "vocab.json")
 
 
 class Relabel:

@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
 from lnorm.data.pipeline import ArraySource, Batch, Example, Pad, Pipeline, Source, collate
-from lnorm.data.vocab import Vocab
+from lnorm.data.vocab import VOCAB_FILE, Vocab
 
 CAPTIONS_PER_IMAGE = 5
 EOS = "<eos>"
@@ -147,7 +147,7 @@ class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             min_count=cfg.min_count,
             specials=(EOS,),
         )
-        vocab.save(Path(self.data_dir) / "vocab.json")
+        vocab.save(Path(self.data_dir) / VOCAB_FILE)
         return {split: self._generate_examples(root, name) for split, name in SPLITS.items()}
 
     def _generate_examples(self, root: Path, name: str):
@@ -164,11 +164,6 @@ class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "index": i,
                 },
             )
-
-
-def load_vocab(builder: tfds.core.DatasetBuilder) -> Vocab:
-    """The vocabulary saved with a prepared COCO."""
-    return Vocab.load(Path(builder.data_dir) / "vocab.json")
 
 
 def encode(caption: bytes | str, vocab: Vocab) -> np.ndarray:

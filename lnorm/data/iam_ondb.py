@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
 from lnorm.data.pipeline import Pad, Pipeline, Source, sequence_lengths
-from lnorm.data.vocab import Vocab
+from lnorm.data.vocab import VOCAB_FILE, Vocab
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 IAM-OnDB: register at https://fki.tic.heia-fr.ch/databases/iam-on-line-handwriting-database,
@@ -107,7 +107,7 @@ class IamOnDB(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         scale = _scale(offsets["train"], cfg.scale)
         vocab = Vocab.build((list(x.text) for x in splits["train"]), min_count=cfg.min_char_count)
         out = Path(self.data_dir)  # TFDS's incomplete dir: renamed with the dataset when done
-        vocab.save(out / "vocab.json")
+        vocab.save(out / VOCAB_FILE)
         (out / "skipped.json").write_text(json.dumps(skipped, indent=1))
         stats = {
             "scale": scale.tolist(),
@@ -250,11 +250,6 @@ def load_stats(builder: tfds.core.DatasetBuilder) -> dict:
     """`stats.json` of a prepared IAM-OnDB: the `scale` divisors (multiply sampled offsets by
     them to get pen units), `flip_y`, and line counts."""
     return json.loads((Path(builder.data_dir) / "stats.json").read_text())
-
-
-def load_vocab(builder: tfds.core.DatasetBuilder) -> Vocab:
-    """The character vocabulary saved with a prepared IAM-OnDB."""
-    return Vocab.load(Path(builder.data_dir) / "vocab.json")
 
 
 def make_pipeline(

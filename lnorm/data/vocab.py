@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 PAD, UNK = "<pad>", "<unk>"
+VOCAB_FILE = "vocab.json"  # saved beside a prepared dataset's records
 
 
 class Vocab:
@@ -71,3 +72,8 @@ class Vocab:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:
         return cls(json.loads(Path(path).read_text())["tokens"])
+
+
+def load_vocab(builder) -> Vocab:
+    """The vocabulary saved with a prepared dataset (`VOCAB_FILE` in the builder's data_dir)."""
+    return Vocab.load(Path(builder.data_dir) / VOCAB_FILE)

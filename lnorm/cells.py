@@ -64,7 +64,7 @@ class StepBatchNorm(nnx.Module):
         graphdef, stats, rest = nnx.split(self.bn, nnx.BatchStat, ...)
 
         def normalize(x, mask, step_stats):
-            bn = nnx.merge(graphdef, step_stats, rest)
+            bn = nnx.merge(graphdef, step_stats, rest, copy=True)  # keeps `old` intact
             return bn(x, mask=mask), nnx.state(bn, nnx.BatchStat)
 
         old = jax.tree.map(lambda s: s[jnp.minimum(t, self.t_max - 1)], stats)

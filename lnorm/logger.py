@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
+
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 WANDB_MODES = ("online", "offline", "disabled")
@@ -75,7 +77,8 @@ class RunLogger:
     """Logs metrics to `run_dir/metrics.jsonl` and, when configured, to W&B.
 
     Use as a context manager (or call `close()` in a `finally`): Hydra multirun jobs share one
-    process, and an unfinished W&B run would swallow the next job's metrics.
+    process, and an unfinished W&B run would swallow the next job's metrics. In a multi-host
+    run only process 0 writes; the others' loggers do nothing.
     """
 
     def __init__(
@@ -86,10 +89,13 @@ class RunLogger:
         wandb: WandbConfig | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_FILE
-        self._file = open(self.path, "a")  # noqa: SIM115 -- closed in close()
+        self._file = None
         self._run = None
+        if jax.process_index() != 0:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a")  # noqa: SIM115 -- closed in close()
         if wandb is not None and wandb.mode != "disabled":
             self._run = self._wandb_call("init", lambda wb: wb.init(
                 mode=wandb.mode, project=wandb.project, entity=wandb.entity, group=wandb.group,
@@ -111,6 +117,8 @@ class RunLogger:
 
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Appends `{"step": step, **metrics}` to metrics.jsonl (flushed) and logs to W&B."""
+        if self._file is None:
+            return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -120,6 +128,8 @@ class RunLogger:
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Final numbers of the run: `run_dir/summary.json` and the W&B run summary."""
+        if self._file is None:
+            return
         plain = {k: _plain(v) for k, v in metrics.items()}
         write_json_atomic(self.run_dir / SUMMARY_FILE, plain)
         if self._run is not None:
@@ -129,6 +139,8 @@ class RunLogger:
     def truncate(self, keep: Callable[[dict[str, Any]], bool]) -> None:
         """Rewrites metrics.jsonl (atomically) with only the records for which `keep` is true.
         A resumed run uses it to drop what was logged after its checkpoint."""
+        if self._file is None:
+            return
         self._file.close()
         kept = [r for r in read_metrics(self.path) if keep(r)]
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
@@ -142,8 +154,9 @@ class RunLogger:
 
     def close(self) -> None:
         """Closes metrics.jsonl and finishes the W&B run (idempotent)."""
-        if not self._file.closed:
+        if self._file is not None:
             self._file.close()
+            self._file = None
         if self._run is not None:
             run = self._run
             self._wandb_call("finish", lambda _: run.finish())

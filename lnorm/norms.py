@@ -44,15 +44,20 @@ def _check_features(where: str, x: Array, param: Array | None, name: str) -> Non
 # Written for memory traffic, which is what a normaliser's time is. The residuals are the input
 # itself (the caller keeps it alive anyway) plus two per-row scalars, so the forward pass writes
 # nothing but its output and the backward pass re-derives x_hat on the fly instead of reading a
-# saved full-size copy. Under differentiation, row sums are variadic reductions (several sums in
-# one pass, one loop fusion): as separate `jnp.sum`s, XLA:CPU hands them to its reduction library,
-# which then materialises full-size broadcasts of the statistics for their several consumers
-# (2-3 extra 32 MB buffers at 8192x1024, each paid for in page faults). Forward-only calls have
-# one consumer, and there the plain two-pass statistics compile to the faster kernels.
+# saved full-size copy. For large inputs, the row sums under differentiation are variadic
+# reductions (several sums in one pass, one loop fusion): as separate `jnp.sum`s, XLA:CPU hands
+# them to its reduction library and then materialises full-size broadcasts of the statistics for
+# their several consumers (2-3 extra 32 MB buffers at 8192x1024, each paid for in page faults).
+# Below _FUSED_MIN_SIZE elements such buffers stay in cache and the library's vectorised
+# reductions are faster (measured: docs/benchmarks.md). Forward-only calls have one consumer of
+# the statistics, and there the plain two-pass statistics are always the faster kernels.
+_FUSED_MIN_SIZE = 1 << 21  # 8 MiB of float32
 
 
-def _row_sums(*terms: Array) -> tuple[Array, ...]:
-    """Sums of each term over the last axis in one pass, kept as (..., 1)."""
+def _row_sums(*terms: Array, fused: bool) -> tuple[Array, ...]:
+    """Sums of each term over the last axis (kept as (..., 1)), in one variadic pass if fused."""
+    if not fused:
+        return tuple(jnp.sum(t, axis=-1, keepdims=True) for t in terms)
     zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
     add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
     sums = jax.lax.reduce(terms, zeros, add, (terms[0].ndim - 1,))
@@ -76,7 +81,7 @@ def _one_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | Non
     n = x.shape[-1]
     shift = x[..., :1]
     d = x - shift
-    s1, s2 = _row_sums(d, d * d)
+    s1, s2 = _row_sums(d, d * d, fused=True)
     m1 = s1 / n
     var = jnp.maximum(s2 / n - m1 * m1, 0.0)
     return shift + m1, jax.lax.rsqrt(var + epsilon)
@@ -99,7 +104,8 @@ def _normalize(x, scale, bias, epsilon, center, dtype):
 
 def _normalize_fwd(x, scale, bias, epsilon, center, dtype):
     xf = x.astype(_compute_dtype(x.dtype))
-    mean, rstd = _one_pass_stats(xf, epsilon, center)
+    stats = _one_pass_stats if x.size >= _FUSED_MIN_SIZE else _two_pass_stats
+    mean, rstd = stats(xf, epsilon, center)
     return _affine(xf, mean, rstd, scale, bias, dtype, x.dtype), (x, mean, rstd, scale, bias)
 
 
@@ -113,7 +119,8 @@ def _normalize_bwd(epsilon, center, dtype, res, dy):
     n = x.shape[-1]
     xhat = (xf - mean) * rstd if center else xf * rstd
     g = dyf * scale if scale is not None else dyf
-    g_sum, proj = _row_sums(g, g * xhat)  # XLA drops g_sum where it is unused
+    # XLA drops g_sum where it is unused.
+    g_sum, proj = _row_sums(g, g * xhat, fused=x.size >= _FUSED_MIN_SIZE)
     dx = g - xhat * (proj / n)
     if center:
         dx = dx - g_sum / n
@@ -277,7 +284,8 @@ class BatchNorm(_FeatureNorm):
         if use_running_average is not None:
             self.use_running_average = use_running_average
 
-    def _batch_stats(self, x: Array, mask: Array | None) -> tuple[Array, Array]:
+    def _batch_stats(self, x: Array, mask: Array | None) -> tuple[Array, Array, Array]:
+        """(mean, var, number of valid positions) over every axis but the last."""
         axes = tuple(range(x.ndim - 1))
         if mask is None:
             weight = jnp.ones((), x.dtype)
@@ -298,7 +306,7 @@ class BatchNorm(_FeatureNorm):
         if self.axis_name is not None:
             sq = jax.lax.psum(sq, self.axis_name)
         var = sq / jnp.maximum(count - float(self.unbiased), 1.0)
-        return mean, var
+        return mean, var, count
 
     def __call__(
         self,
@@ -314,8 +322,9 @@ class BatchNorm(_FeatureNorm):
         if use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            mean, var = self._batch_stats(xf, mask)
-            m = self.momentum
+            mean, var, count = self._batch_stats(xf, mask)
+            # A fully padded batch (e.g. a time step past every sequence's end) has no statistics.
+            m = jnp.where(count > 0, self.momentum, 1.0)
             self.mean[...] = jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
             self.var[...] = jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var)
         scale, bias = self._params()
@@ -437,7 +446,8 @@ class NormedDense(nnx.Module):
     """`norm(W x)`: the paper's `g / sigma * (W x - mu) + b` for `norm="layer"`.
 
     The linear's own bias is dropped whenever the normaliser has a bias (layer, batch, rms by
-    default): centring would cancel it and the normaliser's bias takes its place.
+    default): centring would cancel it (layer, batch), and Zhang & Sennrich's RMSNorm adds its
+    bias after the rescaling. `mask` reaches batch norm; the others ignore it.
     """
 
     def __init__(

@@ -128,11 +128,15 @@ def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _train_chunk_fn(graphdef: Any, loss_fn: Callable, optim: tuple) -> Callable:
+def _train_chunk_fn(graphdef: Any, treedef: Any, loss_fn: Callable, optim: tuple) -> Callable:
     """The compiled function running a chunk of steps (`lax.scan`) over a carry of params,
     other model state, optimiser state, metric sums and the first bad step; the carry is
     donated. Cached on (model structure, loss, optimiser settings), so repeated runs in one
-    process (a sweep, resumes, tests) reuse the compiled step."""
+    process (a sweep, resumes, tests) reuse the compiled step.
+
+    The carry crosses the jit boundary as a flat list of arrays (`treedef` rebuilds it
+    inside): flattening nnx.State and re-creating its Variables on every call would cost
+    more Python time per step than a small model's whole step."""
     tx = make_optimizer(OptimConfig(*optim))
 
     def one_step(carry: dict, xs: tuple, base_key: jax.Array) -> dict:
@@ -153,9 +157,11 @@ def _train_chunk_fn(graphdef: Any, loss_fn: Callable, optim: tuple) -> Callable:
         params = optax.apply_updates(carry["params"], updates)
         return dict(params=params, rest=rest, opt_state=opt_state, acc=acc, bad=bad)
 
-    def train_chunk(carry: dict, batches: Any, steps: jax.Array, base_key: jax.Array) -> dict:
-        return jax.lax.scan(lambda c, xs: (one_step(c, xs, base_key), None), carry,
-                            (batches, steps))[0]
+    def train_chunk(leaves: list, batches: Any, steps: jax.Array, base_key: jax.Array) -> list:
+        carry = jax.tree.unflatten(treedef, leaves)
+        carry = jax.lax.scan(lambda c, xs: (one_step(c, xs, base_key), None), carry,
+                             (batches, steps))[0]
+        return jax.tree.leaves(carry)
 
     return jax.jit(train_chunk, donate_argnums=0)
 
@@ -184,19 +190,21 @@ class _Run:
         self.graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         tx = make_optimizer(self.config.optim)
         self.names = self._metric_names(params, rest, first)
-        self.carry = self.parallel.replicate(dict(
+        carry = self.parallel.replicate(dict(
             params=params, rest=rest, opt_state=tx.init(params), acc=self._zero_acc(),
             bad=jnp.int32(-1)))
+        self.leaves, self.treedef = jax.tree.flatten(carry)
         self.step = step
         if step:
             self._restore(step)
-        self.train_chunk = _train_chunk_fn(self.graphdef, task.loss_fn,
+        self.train_chunk = _train_chunk_fn(self.graphdef, self.treedef, task.loss_fn,
                                            dataclasses.astuple(self.config.optim))
         self.base_key = jax.random.key(self.config.seed)
 
     def _metric_names(self, params: Any, rest: Any, batch: Any) -> tuple[str, ...]:
         def loss_of(p, r, b):
-            return self.task.loss_fn(nnx.merge(self.graphdef, p, r), b, jax.random.key(0))
+            model = nnx.merge(self.graphdef, p, r, copy=True)
+            return self.task.loss_fn(model, b, jax.random.key(0))
 
         loss, aux = jax.eval_shape(loss_of, params, rest, batch)
         if getattr(loss, "shape", None) != () or not isinstance(aux, Mapping):
@@ -208,6 +216,17 @@ class _Run:
                             "'loss' or 'count'")
         return ("loss", *aux)
 
+    @property
+    def carry(self) -> dict[str, Any]:
+        """The training state as a structured pytree (the loop keeps it flat)."""
+        return jax.tree.unflatten(self.treedef, self.leaves)
+
+    def _set_carry(self, carry: dict[str, Any]) -> None:
+        leaves, treedef = jax.tree.flatten(carry)
+        if treedef != self.treedef:
+            raise ValueError(f"training state changed structure: {treedef} != {self.treedef}")
+        self.leaves = leaves
+
     def _zero_acc(self) -> dict[str, jax.Array]:
         return self.parallel.replicate(
             {k: jnp.zeros((), jnp.float32) for k in (*self.names, "count")})
@@ -217,8 +236,8 @@ class _Run:
         out = self.ckpt.restore(
             step, model=dict(params=carry["params"], rest=carry["rest"]),
             train=dict(opt_state=carry["opt_state"], acc=carry["acc"], step=jnp.int32(0)))
-        self.carry = dict(carry, **out["model"], opt_state=out["train"]["opt_state"],
-                          acc=out["train"]["acc"])
+        self._set_carry(dict(carry, **out["model"], opt_state=out["train"]["opt_state"],
+                             acc=out["train"]["acc"]))
         self.latest = dict(out["meta"]["metrics"])
         # Drop what the interrupted run logged after its checkpoint, and what it logged at the
         # checkpoint only because its run ended there (a partial train interval, whose sums
@@ -268,7 +287,7 @@ class _Run:
                 end = self._chunk_end()
                 chunk = self._take(end - self.step)
                 steps = np.arange(self.step, end, dtype=np.int32)
-                self.carry = self.train_chunk(self.carry, chunk, steps, self.base_key)
+                self.leaves = self.train_chunk(self.leaves, chunk, steps, self.base_key)
                 bar.update(end - self.step)
                 self.step = end
                 if end % self.spe == 0 and end < self.total:
@@ -279,24 +298,25 @@ class _Run:
 
     def _sync(self, step: int, bar: tqdm) -> None:
         c = self.config
-        bad = int(self.carry["bad"])
+        carry = self.carry
+        bad = int(carry["bad"])
         if bad >= 0:
             raise NonFiniteLossError(bad, self.ckpt.latest_step(), self.ckpt.directory)
         epoch = {"epoch": step / self.spe}
         if step % c.log_every == 0 or step == self.total:
-            acc = jax.device_get(self.carry["acc"])
+            acc = jax.device_get(carry["acc"])
             means = {f"train/{k}": float(acc[k]) / float(acc["count"]) for k in self.names}
             self.logger.log(step, {**epoch, **means})
             self.latest.update(means)
             bar.set_postfix(loss=f"{means['train/loss']:.4g}")
             if step % c.log_every == 0:
-                self.carry["acc"] = self._zero_acc()
+                carry["acc"] = self._zero_acc()
+                self._set_carry(carry)
         if self._is_eval(step) and self.task.evaluators:
             results = self.evaluate()
             self.logger.log(step, {**epoch, **results})
             self.latest.update(results)
         if step % c.checkpoint_every == 0 or step == self.total:
-            carry = self.carry
             self.ckpt.save(step, model=dict(params=carry["params"], rest=carry["rest"]),
                            train=dict(opt_state=carry["opt_state"], acc=carry["acc"],
                                       step=jnp.int32(step)),
@@ -351,7 +371,8 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, logger: RunLogge
         logger.summary(final)
         return final
     finally:
-        if run is not None and hasattr(run, "carry"):
-            nnx.update(task.model, run.carry["params"], run.carry["rest"])
+        if run is not None and hasattr(run, "leaves"):
+            carry = run.carry
+            nnx.update(task.model, carry["params"], carry["rest"])
         if own_logger:
             logger.close()

@@ -1,11 +1,12 @@
 """Layer-norm speed: lnorm vs Flax's `nnx.LayerNorm` vs a plain jnp version, same run.
 
-    python -m scripts.bench_layers [--repeats 50]
+    python -m scripts.bench_layers [--rounds 10 --repeats 10]
 
 Forward and forward+backward (`jax.vjp` with a fixed cotangent: y, dx, dscale, dbias) on
 float32 inputs; GB/s counts the bytes an ideal kernel moves (fwd: read x, write y; fwd+bwd:
 also read dy, write dx), next to a jitted `x * 1.0` copy of the same array as the
-machine's reference. Then runs `scripts.bench_rnn` when it exists, so one command prints both.
+machine's reference. All variants of one shape are timed in alternation (robust to a shared
+machine's drifting load). Then runs `scripts.bench_rnn` when it exists, so one command prints both.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lnorm.norms import LayerNorm
-from scripts.benchutil import compile_fn, gbps, measure, print_table
+from scripts.benchutil import compile_fn, gbps, measure_interleaved, print_table
 
 SHAPES = ((8192, 1024), (128, 1000), (8, 400))
 EPSILON = 1e-5
@@ -56,8 +57,9 @@ def _functions(module: nnx.Module):
     return params, forward, forward_backward
 
 
-def bench_layer_norm(repeats: int) -> None:
-    print(f"## Layer normalisation ({jax.devices()[0].platform}, float32, median of {repeats})\n")
+def bench_layer_norm(rounds: int, repeats: int) -> None:
+    print(f"## Layer normalisation ({jax.devices()[0].platform}, float32, "
+          f"median of {rounds} interleaved rounds x {repeats})\n")
     headers = ["shape", "pass", "impl", "ms", "GB/s", "vs flax", "copy GB/s", "compile s"]
     rows = []
     for shape in SHAPES:
@@ -65,35 +67,39 @@ def bench_layer_norm(repeats: int) -> None:
         x = jax.random.normal(kx, shape) * 2.0 + 0.5
         dy = jax.random.normal(kdy, shape)
         nbytes = x.size * x.dtype.itemsize
-        copy, _ = compile_fn(lambda a: a * 1.0, x)
-        copy_gbps = gbps(2 * nbytes, measure(copy, x, repeats=repeats).median_s)
-        results = {}
+        calls, moved, compile_s = {}, {}, {}
+        calls["copy"] = (compile_fn(lambda a: a * 1.0, x)[0], (x,))
         for name, cls in IMPLEMENTATIONS.items():
             params, fwd, fwd_bwd = _functions(cls(shape[-1], epsilon=EPSILON, rngs=nnx.Rngs(0)))
-            for pass_name, fn, args, moved in (
+            for pass_name, fn, args, n in (
                 ("fwd", fwd, (params, x), 2 * nbytes),
                 ("fwd+bwd", fwd_bwd, (params, x, dy), 4 * nbytes),
             ):
-                compiled, compile_s = compile_fn(fn, *args)
-                seconds = measure(compiled, *args, repeats=repeats).median_s
-                results[pass_name, name] = (seconds, moved, compile_s)
-        for (pass_name, name), (seconds, moved, compile_s) in results.items():
-            ratio = seconds / results[pass_name, "flax"][0]
+                compiled, compile_s[pass_name, name] = compile_fn(fn, *args)
+                calls[pass_name, name] = (compiled, args)
+                moved[pass_name, name] = n
+        timings = measure_interleaved(calls, rounds=rounds, repeats=repeats)
+        copy_gbps = gbps(2 * nbytes, timings.pop("copy").median_s)
+        for (pass_name, name), timing in timings.items():
+            seconds = timing.median_s
+            ratio = seconds / timings[pass_name, "flax"].median_s
             rows.append([
                 "x".join(map(str, shape)), pass_name, name, seconds * 1e3,
-                gbps(moved, seconds), f"{ratio:.2f}x", copy_gbps, compile_s,
+                gbps(moved[pass_name, name], seconds), f"{ratio:.2f}x", copy_gbps,
+                compile_s[pass_name, name],
             ])
     print_table(headers, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=50)
-    args = parser.parse_args()
-    bench_layer_norm(args.repeats)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=10)
+    args, rnn_argv = parser.parse_known_args()  # the rest goes to scripts.bench_rnn
+    bench_layer_norm(args.rounds, args.repeats)
     if importlib.util.find_spec("scripts.bench_rnn") is not None:
         print()
-        importlib.import_module("scripts.bench_rnn").main()
+        importlib.import_module("scripts.bench_rnn").main(rnn_argv)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,24 @@ def compile_fn(fn: Callable[..., Any], *args: Any) -> tuple[Callable[..., Any], 
     return compiled, time.perf_counter() - start
 
 
+def _seconds_per_call(fn: Callable[..., Any], args: tuple, number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / number
+
+
+def _warm_up(fn: Callable[..., Any], args: tuple, warmup: int, number: int | None,
+             min_repeat_s: float) -> int:
+    """Runs `warmup` calls; returns `number`, chosen if None so a repeat lasts `min_repeat_s`."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    if number is None:
+        number = max(1, int(min_repeat_s / max(_seconds_per_call(fn, args, 1), 1e-7)))
+    return number
+
+
 def measure(
     fn: Callable[..., Any],
     *args: Any,
@@ -50,21 +68,29 @@ def measure(
     Each repeat runs `number` back-to-back calls and blocks once, so sub-millisecond calls are not
     dominated by timer resolution; `number=None` picks it so that a repeat lasts `min_repeat_s`.
     """
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    if number is None:
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        one = max(time.perf_counter() - start, 1e-7)
-        number = max(1, int(min_repeat_s / one))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / number)
+    number = _warm_up(fn, args, warmup, number, min_repeat_s)
+    times = [_seconds_per_call(fn, args, number) for _ in range(repeats)]
     return Timing(statistics.median(times), min(times), repeats, number)
+
+
+def measure_interleaved(
+    calls: Mapping[str, tuple[Callable[..., Any], tuple]],
+    *,
+    rounds: int = 5,
+    repeats: int = 10,
+    warmup: int = 3,
+    min_repeat_s: float = 2e-3,
+) -> dict[str, Timing]:
+    """Times several compiled `(fn, args)` in round-robin, `repeats` at a time, so that load
+    drifting on a shared machine hits all of them alike; medians over all `rounds * repeats`."""
+    numbers = {k: _warm_up(fn, args, warmup, None, min_repeat_s) for k, (fn, args) in calls.items()}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for key, (fn, args) in calls.items():
+            times[key] += [_seconds_per_call(fn, args, numbers[key]) for _ in range(repeats)]
+    return {
+        k: Timing(statistics.median(t), min(t), len(t), numbers[k]) for k, t in times.items()
+    }
 
 
 def gbps(num_bytes: int, seconds: float) -> float:

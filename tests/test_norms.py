@@ -2,6 +2,8 @@
 properties the paper relies on (per-example vs per-batch statistics, masks, running averages)."""
 
 import os
+import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
+from lnorm import norms
 from lnorm.norms import (
     NORMS,
     BatchNorm,
@@ -80,8 +83,17 @@ def params(features, seed=1):
 # --- layer norm / RMS norm --------------------------------------------------------------------
 
 
+@pytest.fixture(params=["small", "fused"])
+def vjp_path(request, monkeypatch):
+    """Runs a test on both training code paths: the fused one is normally for inputs of at least
+    `_FUSED_MIN_SIZE` elements, too large for a unit test."""
+    if request.param == "fused":
+        monkeypatch.setattr(norms, "_FUSED_MIN_SIZE", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("fn, ref", [(layer_norm, np_layer_norm), (rms_norm, np_rms_norm)])
-def test_forward_matches_numpy_inference_and_training_paths(fn, ref):
+def test_forward_matches_numpy_inference_and_training_paths(fn, ref, vjp_path):
     x = rand(3, 4, 16, loc=2.0, scale=3.0)
     g, b = params(16)
     expected = ref(x, np.asarray(g), np.asarray(b))
@@ -90,13 +102,14 @@ def test_forward_matches_numpy_inference_and_training_paths(fn, ref):
     np.testing.assert_allclose(y_train, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_one_pass_statistics_survive_a_large_mean():
+def test_one_pass_statistics_survive_a_large_mean(monkeypatch):
+    monkeypatch.setattr(norms, "_FUSED_MIN_SIZE", 0)
     x = rand(4, 64, loc=1e4, scale=1.0)  # |mean| / std = 1e4: E[x^2] - E[x]^2 alone cancels
     y_train, _ = jax.vjp(lambda x: layer_norm(x, None, None), x)
     np.testing.assert_allclose(y_train, np_layer_norm(x, 1.0, 0.0), atol=2e-3)
 
 
-def test_layer_norm_gradient_matches_hand_derived_numpy():
+def test_layer_norm_gradient_matches_hand_derived_numpy(vjp_path):
     x, dy = rand(2, 3, 12, loc=1.0, scale=2.0), rand(2, 3, 12, seed=5)
     g, b = params(12)
     _, vjp = jax.vjp(layer_norm, x, g, b)
@@ -108,7 +121,7 @@ def test_layer_norm_gradient_matches_hand_derived_numpy():
 
 
 @pytest.mark.parametrize("fn", [layer_norm, rms_norm])
-def test_closed_form_gradients_match_finite_differences_in_float64(fn):
+def test_closed_form_gradients_match_finite_differences_in_float64(fn, vjp_path):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         x, g, b = (jnp.asarray(rng.normal(size=s), jnp.float64) for s in [(3, 7), (7,), (7,)])
@@ -116,14 +129,14 @@ def test_closed_form_gradients_match_finite_differences_in_float64(fn):
         check_grads(lambda x: fn(x, None, None), (x,), order=1, modes=["rev"], eps=1e-6)
 
 
-def test_gradients_are_finite_for_a_constant_row():
+def test_gradients_are_finite_for_a_constant_row(vjp_path):
     x = jnp.full((2, 8), 3.0)
     for fn in (layer_norm, rms_norm):
         grads = jax.grad(lambda x, g, b, fn=fn: jnp.sum(fn(x, g, b) ** 2), (0, 1, 2))(x, *params(8))
         assert all(bool(jnp.all(jnp.isfinite(t))) for t in grads)
 
 
-def test_half_precision_computes_in_float32_and_keeps_dtypes():
+def test_half_precision_computes_in_float32_and_keeps_dtypes(vjp_path):
     x = rand(4, 32, loc=3.0, scale=2.0).astype(jnp.bfloat16)
     g, b = params(32)
     y = layer_norm(x, g, b)
@@ -214,6 +227,10 @@ def test_batch_norm_mask_excludes_padding_from_the_statistics():
     expected, _, _ = np_batch_norm(x, 1.0, 0.0, mask=mask)
     np.testing.assert_allclose(y[mask], expected.reshape(3, 5, 4)[mask], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(y_padded[mask], y[mask], rtol=1e-5, atol=1e-5)
+    bn = BatchNorm(4, rngs=nnx.Rngs(0))
+    bn(x, mask=jnp.zeros((3, 5), bool))  # nothing valid: the running averages stay as they were
+    np.testing.assert_array_equal(bn.mean[...], 0.0)
+    np.testing.assert_array_equal(bn.var[...], 1.0)
     with pytest.raises(ValueError, match=r"`mask` has shape \(3,\), expected \(3, 5\)"):
         BatchNorm(4, rngs=nnx.Rngs(0))(x, mask=jnp.ones(3, bool))
 
@@ -366,3 +383,12 @@ def test_normed_dense_layer_is_the_papers_unit():
     a = np.asarray(x, np.float64) @ np.asarray(layer.dense.kernel[...], np.float64)
     g, b = np.asarray(layer.norm.scale[...]), np.asarray(layer.norm.bias[...])
     np.testing.assert_allclose(layer(x), np_layer_norm(a, g, b), rtol=1e-5, atol=1e-5)
+
+
+def test_docs_layers_examples_run():
+    """Every example in docs/layers.md runs and its asserts hold."""
+    doc = pathlib.Path(__file__).parents[1] / "docs" / "layers.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), re.S)
+    assert len(blocks) >= 5
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{doc}:example{i}", "exec"), {})

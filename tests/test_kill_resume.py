@@ -69,7 +69,9 @@ def _finish(proc: subprocess.Popen) -> None:
 
 def _steps_checkpointed(run_dir: Path) -> list[int]:
     ckpts = run_dir / "checkpoints"
-    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.exists() else []
+    if not ckpts.exists():
+        return []
+    return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
 
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lnorm.norms import WeightNormDense
+
 Array = jax.Array
 State = Any  # a cell's state pytree: `(c, h)` for the LSTM, `h` for the GRU
 
@@ -50,6 +52,18 @@ def reverse_sequences(x: Array, mask: Array | None) -> Array:
     index = jnp.where(t < lengths, lengths - 1 - t, t)
     index = index.reshape(index.shape + (1,) * (x.ndim - 2))
     return jnp.take_along_axis(x, index, axis=1)
+
+
+def _skip_recurrent_data_init(cell: nnx.Module) -> None:
+    """Under `weight_norm_init`, recurrent weight-normalised layers keep `g = 1, b = 0`.
+
+    Data-dependent init needs a layer's inputs, and a recurrent layer's first input is the
+    initial (zero) state, whose statistics are degenerate; the input projection, already run on
+    the whole sequence, has been initialised by now.
+    """
+    for _, module in nnx.iter_modules(cell):
+        if isinstance(module, WeightNormDense):
+            module.data_init = False
 
 
 class RNN(nnx.Module):
@@ -110,6 +124,7 @@ class RNN(nnx.Module):
         steps = jnp.arange(length)
         step_mask = None if mask is None else mask.T
         projected = self.cell.project_inputs(x.swapaxes(0, 1), t=steps, mask=step_mask)
+        _skip_recurrent_data_init(self.cell)
         graphdef, stats, rest = nnx.split(self.cell, nnx.BatchStat, ...)
 
         def body(carry, inputs):

@@ -58,8 +58,10 @@ def _functions(module: nnx.Module):
 
 
 def bench_layer_norm(rounds: int, repeats: int) -> None:
-    print(f"## Layer normalisation ({jax.devices()[0].platform}, float32, "
-          f"median of {rounds} interleaved rounds x {repeats})\n")
+    print(
+        f"## Layer normalisation ({jax.devices()[0].platform}, float32, "
+        f"median of {rounds} interleaved rounds x {repeats})\n"
+    )
     headers = ["shape", "pass", "impl", "ms", "GB/s", "vs flax", "copy GB/s", "compile s"]
     rows = []
     for shape in SHAPES:
@@ -83,11 +85,18 @@ def bench_layer_norm(rounds: int, repeats: int) -> None:
         for (pass_name, name), timing in timings.items():
             seconds = timing.median_s
             ratio = seconds / timings[pass_name, "flax"].median_s
-            rows.append([
-                "x".join(map(str, shape)), pass_name, name, seconds * 1e3,
-                gbps(moved[pass_name, name], seconds), f"{ratio:.2f}x", copy_gbps,
-                compile_s[pass_name, name],
-            ])
+            rows.append(
+                [
+                    "x".join(map(str, shape)),
+                    pass_name,
+                    name,
+                    seconds * 1e3,
+                    gbps(moved[pass_name, name], seconds),
+                    f"{ratio:.2f}x",
+                    copy_gbps,
+                    compile_s[pass_name, name],
+                ]
+            )
     print_table(headers, rows)
 
 

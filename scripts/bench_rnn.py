@@ -1,6 +1,6 @@
 """Training-step speed of the plain LSTM vs the LN-LSTM (and Flax's OptimizedLSTMCell).
 
-Run: `python -m scripts.bench_rnn [--repeats 20]`. One step is forward + backward + an SGD update
+Run: `python -m scripts.bench_rnn [--rounds 10]`. One step is forward + backward + an SGD update
 of an `RNN` regressing random targets, jitted with the parameters donated. Prints a Markdown
 table: median step time, jit compile time, and the LN/plain ratio per shape. Targets: LN-LSTM at
 most 1.2x the plain LSTM; each compile under 2 s.
@@ -9,6 +9,7 @@ most 1.2x the plain LSTM; each compile under 2 s.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Callable
 
@@ -57,8 +58,8 @@ def _train_step(graphdef: nnx.GraphDef) -> Callable:
     return step
 
 
-def bench(name: str, shape: tuple[int, int, int, int], repeats: int) -> tuple[float, float]:
-    """(median step ms, compile s) of model `name` at `shape`."""
+def compile_step(name: str, shape: tuple[int, int, int, int]) -> tuple[Callable, float]:
+    """(a no-argument runner of one training step, compile seconds) for model `name`."""
     batch, length, hidden, features = shape
     graphdef, params, rest = nnx.split(MODELS[name](features, hidden, nnx.Rngs(0)), nnx.Param, ...)
     kx, ky = jax.random.split(jax.random.key(1))
@@ -73,17 +74,28 @@ def bench(name: str, shape: tuple[int, int, int, int], repeats: int) -> tuple[fl
         held[0], loss = compiled(held[0], rest, x, y)
         return loss
 
-    return measure(run, repeats=repeats, number=1).median_ms, compile_s
+    return run, compile_s
+
+
+def bench(shape: tuple[int, int, int, int], rounds: int) -> dict[str, tuple[float, float]]:
+    """{model: (median step ms, compile s)}. Models take turns, round by round, so that load
+    from other processes on a shared machine hits them alike."""
+    runners = {name: compile_step(name, shape) for name in MODELS}
+    samples: dict[str, list[float]] = {name: [] for name in MODELS}
+    for _ in range(rounds):
+        for name, (run, _) in runners.items():
+            samples[name].append(measure(run, repeats=3, warmup=1, number=1).median_ms)
+    return {n: (statistics.median(samples[n]), runners[n][1]) for n in MODELS}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
     rows = []
     for shape in SHAPES:
-        times = {name: bench(name, shape, args.repeats) for name in MODELS}
+        times = bench(shape, args.rounds)
         ratio = times["ln-lstm"][0] / times["lstm"][0]
         for name, (ms, compile_s) in times.items():
             rows.append(

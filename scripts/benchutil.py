@@ -45,8 +45,9 @@ def _seconds_per_call(fn: Callable[..., Any], args: tuple, number: int) -> float
     return (time.perf_counter() - start) / number
 
 
-def _warm_up(fn: Callable[..., Any], args: tuple, warmup: int, number: int | None,
-             min_repeat_s: float) -> int:
+def _warm_up(
+    fn: Callable[..., Any], args: tuple, warmup: int, number: int | None, min_repeat_s: float
+) -> int:
     """Runs `warmup` calls; returns `number`, chosen if None so a repeat lasts `min_repeat_s`."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
@@ -88,9 +89,7 @@ def measure_interleaved(
     for _ in range(rounds):
         for key, (fn, args) in calls.items():
             times[key] += [_seconds_per_call(fn, args, numbers[key]) for _ in range(repeats)]
-    return {
-        k: Timing(statistics.median(t), min(t), len(t), numbers[k]) for k, t in times.items()
-    }
+    return {k: Timing(statistics.median(t), min(t), len(t), numbers[k]) for k, t in times.items()}
 
 
 def gbps(num_bytes: int, seconds: float) -> float:

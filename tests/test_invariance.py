@@ -17,7 +17,7 @@ from flax import nnx
 
 from lnorm.norms import NormedDense
 
-IN, HIDDEN, BATCH = 5, 6, 8
+IN, HIDDEN, BATCH = 6, 4, 8  # kernel shapes shared with test_norms.py (compile once)
 EPSILON = 1e-10  # small enough that the invariances hold to float32 precision
 
 
@@ -45,8 +45,14 @@ def scale_one_case(w, x):
     return w, x.at[3].multiply(3.0)
 
 
-COLUMNS = (scale_matrix, recenter_matrix, scale_one_vector, scale_dataset, recenter_dataset,
-           scale_one_case)
+COLUMNS = (
+    scale_matrix,
+    recenter_matrix,
+    scale_one_vector,
+    scale_dataset,
+    recenter_dataset,
+    scale_one_case,
+)
 TABLE = {  # True = invariant
     "batch": (True, False, True, True, True, False),
     "weight": (True, False, True, False, False, False),
@@ -85,8 +91,9 @@ def net(norm):
     return state, apply
 
 
-@pytest.mark.parametrize("norm, column, invariant", CELLS,
-                         ids=[f"{n}-{c.__name__}" for n, c, _ in CELLS])
+@pytest.mark.parametrize(
+    "norm, column, invariant", CELLS, ids=[f"{n}-{c.__name__}" for n, c, _ in CELLS]
+)
 def test_table_1(norm, column, invariant):
     state, apply = net(norm)
     x = jnp.asarray(np.random.default_rng(0).normal(0.5, 1.5, (BATCH, IN)), jnp.float32)

@@ -12,6 +12,7 @@ options, never the default.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lnorm.norms import NORMS, BatchNorm, make_dense, make_norm
+from lnorm.norms import (
+    NORMS,
+    BatchNorm,
+    Identity,
+    LayerNorm,
+    RMSNorm,
+    _normalize_bwd,
+    _normalize_fwd,
+    make_dense,
+    make_norm,
+)
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -137,6 +148,137 @@ class _Projection(nnx.Module):
         return [_normalize(n, p, t, mask) for n, p in zip(self.norms, parts, strict=True)]
 
 
+# --- the LSTM recurrence with a hand-written VJP --------------------------------------------------
+#
+# Autodiff of `lax.scan` saves a dozen or more per-step intermediates (each a [T, B, .] stack
+# written slice by slice) and, in the backward loop, adds `h_{t-1}^T dz_t` into the full
+# [H, 4H] `W_h` gradient at every step. Both dominate the step time on CPU, more so with LN.
+# `_lstm_scan` saves only the states and the raw recurrent term `a_t = h_{t-1} W_h`, recomputes
+# the elementwise part (gates, LNs) in the backward loop, and computes `dW_h` as one matmul
+# over all steps afterwards. A normaliser here is `None` (identity) or `(epsilon, center)` for
+# `lnorm.norms`' layer/RMS norm, whose closed-form forward/backward pieces it reuses.
+
+NormConfig = tuple[float, bool] | None
+
+
+def _norm_fwd(x: Array, params: tuple, config: NormConfig) -> tuple[Array, Any]:
+    if config is None:
+        return x, None
+    return _normalize_fwd(x, *params, *config, None)
+
+
+def _norm_bwd(config: NormConfig, res: Any, dy: Array) -> tuple[Array, tuple]:
+    if config is None:
+        return dy, ()
+    dx, dscale, dbias = _normalize_bwd(*config, None, res, dy)
+    return dx, (dscale, dbias)
+
+
+def _lstm_update(params, configs, a, gx, c_prev):
+    """`(c_t, h_t)` from the raw recurrent term `a`, and what the backward step needs."""
+    rec_norm, cell_norm, bias = params
+    rec_config, cell_config = configs
+    za, rec_res = _norm_fwd(a, rec_norm, rec_config)
+    f, i, o, g = jnp.split(za + gx + bias, 4, axis=-1)
+    sf, si, so, tg = jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o), jnp.tanh(g)
+    c = sf * c_prev + si * tg
+    c_hat, cell_res = _norm_fwd(c, cell_norm, cell_config)
+    tc = jnp.tanh(c_hat)
+    return c, so * tc, (sf, si, so, tg, tc, rec_res, cell_res)
+
+
+def _lstm_forward(w_h, params, configs, gx, mask, state, unroll):
+    """Scans the recurrence; returns (final state, (c_t, h_t, a_t) stacked over time)."""
+
+    def body(state, inputs):
+        c_prev, h_prev = state
+        gx_t, m = inputs
+        a = h_prev @ w_h
+        c, h, _ = _lstm_update(params, configs, a, gx_t, c_prev)
+        if m is not None:
+            c = jnp.where(m[:, None], c, c_prev)
+            h = jnp.where(m[:, None], h, h_prev)
+        return (c, h), (c, h, a)
+
+    return jax.lax.scan(body, state, (gx, mask), unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 5))
+def _lstm_scan(w_h, configs, params, gx, mask, unroll, state):
+    """`(hs[T, B, H], (c_T, h_T))`: the LSTM over `gx[T, B, 4H] = N_x(W_x x)` from `state`.
+
+    `params = ((rec_scale, rec_bias), (cell_scale, cell_bias), bias)`; `mask[T, B]` (or None)
+    marks valid steps, where the state advances; elsewhere it is held. `hs` is the state's `h`.
+    """
+    final, (_, hs, _) = _lstm_forward(w_h, params, configs, gx, mask, state, unroll)
+    return hs, final
+
+
+def _lstm_scan_fwd(w_h, configs, params, gx, mask, unroll, state):
+    final, (cs, hs, a) = _lstm_forward(w_h, params, configs, gx, mask, state, unroll)
+    return (hs, final), (w_h, params, gx, mask, state, cs, hs, a)
+
+
+def _lstm_scan_bwd(configs, unroll, res, cotangents):
+    w_h, params, gx, mask, (c0, h0), cs, hs, a = res
+    dhs, (dc_final, dh_final) = cotangents
+    c_prev = jnp.concatenate([c0[None], cs[:-1]])
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    zero_norm_grads = jax.tree.map(jnp.zeros_like, params[:2])
+
+    def body(carry, inputs):
+        dc, dh, norm_grads = carry
+        a_t, gx_t, c_prev_t, dh_out, m = inputs
+        _, _, (sf, si, so, tg, tc, rec_res, cell_res) = _lstm_update(
+            params, configs, a_t, gx_t, c_prev_t
+        )
+        dh_new, dc_new = dh + dh_out, dc
+        if m is not None:  # a held state passes its gradient straight through
+            keep = m[:, None]
+            dh_new, dc_new = jnp.where(keep, dh_new, 0), jnp.where(keep, dc_new, 0)
+        dc_hat, dcell = _norm_bwd(configs[1], cell_res, dh_new * so * (1 - tc * tc))
+        dc_new = dc_new + dc_hat
+        dz = jnp.concatenate(
+            [
+                dc_new * c_prev_t * sf * (1 - sf),
+                dc_new * tg * si * (1 - si),
+                dh_new * tc * so * (1 - so),
+                dc_new * si * (1 - tg * tg),
+            ],
+            axis=-1,
+        )
+        da, drec = _norm_bwd(configs[0], rec_res, dz)
+        dh_prev, dc_prev = da @ w_h.T, dc_new * sf
+        if m is not None:
+            dh_prev = dh_prev + jnp.where(keep, 0, dh)
+            dc_prev = dc_prev + jnp.where(keep, 0, dc)
+        norm_grads = jax.tree.map(jnp.add, norm_grads, (drec, dcell))
+        return (dc_prev, dh_prev, norm_grads), (dz, da)
+
+    (dc0, dh0, (drec, dcell)), (dz, da) = jax.lax.scan(
+        body,
+        (dc_final, dh_final, zero_norm_grads),
+        (a, gx, c_prev, dhs, mask),
+        reverse=True,
+        unroll=unroll,
+    )
+    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, da)
+    dparams = (drec, dcell, jnp.sum(dz, axis=(0, 1)))
+    return dw_h, dparams, dz, None, (dc0, dh0)
+
+
+_lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+
+
+def _fused_norm(norm: nnx.Module) -> tuple[tuple, NormConfig] | None:
+    """(params, config) of a normaliser `_lstm_scan` handles (identity, layer, RMS), else None."""
+    if isinstance(norm, Identity):
+        return (), None
+    if isinstance(norm, LayerNorm | RMSNorm) and norm.dtype is None:
+        return norm._params(), (float(norm.epsilon), isinstance(norm, LayerNorm))
+    return None
+
+
 def _check_option(cell: str, key: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{cell}: unknown {key}={value!r}; expected one of {tuple(allowed)}")
@@ -235,6 +377,42 @@ class LSTMCell(nnx.Module):
         c_hat = _normalize(self.cell_norm, c, t, mask)
         h = jax.nn.sigmoid(o) * jnp.tanh(c_hat)
         return ((c_hat if self.carry_normalized_cell else c), h), h
+
+    @property
+    def has_fused_scan(self) -> bool:
+        """Whether `scan` applies: plain, LN and RMS cells (`paper`, `draw`), the cell carried."""
+        norms = (self.recurrent_proj.norms[0], self.cell_norm)
+        return (
+            type(self.recurrent_proj.dense) is nnx.Linear
+            and not self.gate_norms
+            and not self.carry_normalized_cell
+            and all(_fused_norm(n) is not None for n in norms)
+        )
+
+    def scan(
+        self,
+        state: tuple[Array, Array],
+        gx: Array,
+        *,
+        mask: Array | None = None,
+        unroll: int = 1,
+    ) -> tuple[Array, tuple[Array, Array]]:
+        """`step` over all of `gx[T, B, 4H] = project_inputs(x)`, with the fast gradient.
+
+        Returns the state's `h` at every step `[T, B, H]` and the final state; where
+        `mask[T, B]` is False the state is held. Needs `has_fused_scan`.
+        """
+        if not self.has_fused_scan:
+            raise ValueError(
+                "LSTMCell.scan handles norm='none'|'layer'|'rms' with variant='paper'|'draw' "
+                "and carry_normalized_cell=False; run other cells step by step"
+            )
+        (rec_params, rec_config), (cell_params, cell_config) = (
+            _fused_norm(n) for n in (self.recurrent_proj.norms[0], self.cell_norm)
+        )
+        params = (rec_params, cell_params, self.bias[...])
+        w_h = self.recurrent_proj.dense.kernel[...]
+        return _lstm_scan(w_h, (rec_config, cell_config), params, gx, mask, unroll, state)
 
     def __call__(
         self,

@@ -125,6 +125,21 @@ class RNN(nnx.Module):
         step_mask = None if mask is None else mask.T
         projected = self.cell.project_inputs(x.swapaxes(0, 1), t=steps, mask=step_mask)
         _skip_recurrent_data_init(self.cell)
+        if getattr(self.cell, "has_fused_scan", False):
+            outputs, state = self.cell.scan(state, projected, mask=step_mask, unroll=self.unroll)
+            if mask is not None:
+                outputs = jnp.where(step_mask[..., None], outputs, 0)
+        else:
+            outputs, state = self._scan_steps(state, projected, step_mask, steps)
+        outputs = outputs.swapaxes(0, 1)
+        if self.reverse:
+            outputs = reverse_sequences(outputs, mask)
+        return outputs, state
+
+    def _scan_steps(
+        self, state: State, projected: Any, step_mask: Array | None, steps: Array
+    ) -> tuple[Array, State]:
+        """`cell.step` under `jax.lax.scan`, differentiated by autodiff (any cell)."""
         graphdef, stats, rest = nnx.split(self.cell, nnx.BatchStat, ...)
 
         def body(carry, inputs):
@@ -142,9 +157,6 @@ class RNN(nnx.Module):
             body, (state, stats), (projected, step_mask, steps), unroll=self.unroll
         )
         nnx.update(self.cell, stats)
-        outputs = outputs.swapaxes(0, 1)
-        if self.reverse:
-            outputs = reverse_sequences(outputs, mask)
         return outputs, state
 
 

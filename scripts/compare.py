@@ -3,7 +3,9 @@
 Reads each run's `metrics.jsonl` and `run_info.json` (no network, no W&B), then writes
 `<out>/<name>.png` (one panel column per batch size, one row per metric, one line per
 normaliser) and `<out>/<name>.md` (final and best values, and for each run the epoch at which
-it first reaches the baseline's final value of each metric).
+it first reaches the baseline's final value of each metric). Training metrics, logged every
+`log_every` steps, are averaged over each epoch (the mean over that epoch's training batches)
+unless `--raw` is given; evaluation metrics are plotted as logged.
 
     python -m scripts.compare multirun/pmnist/2026-11-25_23-00-00 --out docs/results --name pmnist
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -46,7 +49,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path, *, raw: bool = False) -> Run:
     info = json.loads((path / "run_info.json").read_text())
     config = info.get("config", {})
     run = Run(
@@ -67,7 +70,18 @@ def load_run(path: Path) -> Run:
             for key, value in row.items():
                 if key not in ("step", "epoch") and isinstance(value, int | float):
                     run.curves.setdefault(key, []).append((float(x), float(value)))
+    if not raw:
+        for key in [k for k in run.curves if k.startswith("train/")]:
+            run.curves[key] = per_epoch(run.curves[key])
     return run
+
+
+def per_epoch(curve: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Means of the points in each epoch (x in (e-1, e] goes to epoch e)."""
+    bins: dict[int, list[float]] = {}
+    for x, y in curve:
+        bins.setdefault(math.ceil(x - 1e-9), []).append(y)
+    return [(float(e), sum(ys) / len(ys)) for e, ys in sorted(bins.items())]
 
 
 def first_reach(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -137,10 +151,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default="compare", help="file stem of the figure and table")
     parser.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     parser.add_argument("--baseline", default="none", help="normaliser the table compares to")
+    parser.add_argument("--raw", action="store_true", help="train metrics as logged, not per epoch")
     args = parser.parse_args(argv)
 
     try:
-        runs = [load_run(p) for p in find_runs(args.paths)]
+        runs = [load_run(p, raw=args.raw) for p in find_runs(args.paths)]
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

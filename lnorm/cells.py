@@ -27,10 +27,11 @@ from lnorm.norms import (
     Identity,
     LayerNorm,
     RMSNorm,
-    _normalize_bwd,
-    _normalize_fwd,
+    affine,
     make_dense,
     make_norm,
+    normalize_bwd,
+    normalize_fwd,
 )
 
 Array = jax.Array
@@ -151,93 +152,111 @@ class _Projection(nnx.Module):
 # --- the LSTM recurrence with a hand-written VJP --------------------------------------------------
 #
 # Autodiff of `lax.scan` saves a dozen or more per-step intermediates (each a [T, B, .] stack
-# written slice by slice) and, in the backward loop, adds `h_{t-1}^T dz_t` into the full
-# [H, 4H] `W_h` gradient at every step. Both dominate the step time on CPU, more so with LN.
-# `_lstm_scan` saves only the states and the raw recurrent term `a_t = h_{t-1} W_h`, recomputes
-# the elementwise part (gates, LNs) in the backward loop, and computes `dW_h` as one matmul
-# over all steps afterwards. A normaliser here is `None` (identity) or `(epsilon, center)` for
-# `lnorm.norms`' layer/RMS norm, whose closed-form forward/backward pieces it reuses.
+# written slice by slice) and adds `h_{t-1}^T dz_t` into the full [H, 4H] `W_h` gradient at
+# every step of the backward loop; on CPU that memory traffic, not the arithmetic, is the step
+# time. `_lstm_scan` saves only the states, the raw recurrent term `a_t = h_{t-1} W_h` and the
+# per-row statistics of each normaliser, recomputes the elementwise part in the backward loop,
+# and computes `dW_h = H_prev^T dA` as one matmul over all steps afterwards. The input term's
+# normaliser also runs inside the loops, on rows that are in cache: over the whole [T, B, 4H]
+# stack outside the loop, its forward and backward passes cost more than the loop's LN work.
+# A normaliser here is `None` (identity) or `(epsilon, center)` for `lnorm.norms`' layer/RMS
+# norm, whose closed-form pieces it reuses; its statistics are `(mean, 1/sigma)` per row.
 
 NormConfig = tuple[float, bool] | None
 
 
 def _norm_fwd(x: Array, params: tuple, config: NormConfig) -> tuple[Array, Any]:
+    """`(N(x), statistics)`; the identity and no statistics for `config=None`."""
     if config is None:
         return x, None
-    return _normalize_fwd(x, *params, *config, None)
+    y, (_, mean, rstd, _, _) = normalize_fwd(x, *params, *config, None)
+    return y, (mean, rstd)
 
 
-def _norm_bwd(config: NormConfig, res: Any, dy: Array) -> tuple[Array, tuple]:
+def _norm_apply(x: Array, params: tuple, stats: Any) -> Array:
+    """`N(x)` from statistics saved by `_norm_fwd`."""
+    return x if stats is None else affine(x, *stats, *params, None, x.dtype)
+
+
+def _norm_bwd(config: NormConfig, x: Array, params: tuple, stats: Any, dy: Array) -> tuple:
+    """`(dx, (dscale, dbias))` with the parameter gradients summed over the rows of `dy`."""
     if config is None:
         return dy, ()
-    dx, dscale, dbias = _normalize_bwd(*config, None, res, dy)
-    return dx, (dscale, dbias)
+    dx, *dparams = normalize_bwd(*config, None, (x, *stats, *params), dy)
+    return dx, tuple(dparams)
 
 
-def _lstm_update(params, configs, a, gx, c_prev):
-    """`(c_t, h_t)` from the raw recurrent term `a`, and what the backward step needs."""
-    rec_norm, cell_norm, bias = params
-    rec_config, cell_config = configs
-    za, rec_res = _norm_fwd(a, rec_norm, rec_config)
-    f, i, o, g = jnp.split(za + gx + bias, 4, axis=-1)
+def _lstm_update(params, x_norm, a_norm, c_prev):
+    """`c_t` from the normalised input and recurrent terms, and the gate activations."""
+    f, i, o, g = jnp.split(x_norm + a_norm + params[3], 4, axis=-1)
     sf, si, so, tg = jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o), jnp.tanh(g)
-    c = sf * c_prev + si * tg
-    c_hat, cell_res = _norm_fwd(c, cell_norm, cell_config)
-    tc = jnp.tanh(c_hat)
-    return c, so * tc, (sf, si, so, tg, tc, rec_res, cell_res)
+    return sf * c_prev + si * tg, (sf, si, so, tg)
 
 
-def _lstm_forward(w_h, params, configs, gx, mask, state, unroll):
-    """Scans the recurrence; returns (final state, (c_t, h_t, a_t) stacked over time)."""
+def _lstm_forward(w_h, configs, params, gx, mask, state, unroll):
+    """Scans the recurrence; returns the final state and, stacked over time, the states
+    `(c_t, h_t)`, `a_t` and the three normalisers' statistics."""
+    in_params, rec_params, cell_params, _ = params
+    in_config, rec_config, cell_config = configs
 
     def body(state, inputs):
         c_prev, h_prev = state
         gx_t, m = inputs
         a = h_prev @ w_h
-        c, h, _ = _lstm_update(params, configs, a, gx_t, c_prev)
+        x_norm, x_stats = _norm_fwd(gx_t, in_params, in_config)
+        a_norm, a_stats = _norm_fwd(a, rec_params, rec_config)
+        c, (_, _, so, _) = _lstm_update(params, x_norm, a_norm, c_prev)
+        c_norm, c_stats = _norm_fwd(c, cell_params, cell_config)
+        h = so * jnp.tanh(c_norm)
         if m is not None:
             c = jnp.where(m[:, None], c, c_prev)
             h = jnp.where(m[:, None], h, h_prev)
-        return (c, h), (c, h, a)
+        return (c, h), (c, h, a, (x_stats, a_stats, c_stats))
 
     return jax.lax.scan(body, state, (gx, mask), unroll=unroll)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 5))
 def _lstm_scan(w_h, configs, params, gx, mask, unroll, state):
-    """`(hs[T, B, H], (c_T, h_T))`: the LSTM over `gx[T, B, 4H] = N_x(W_x x)` from `state`.
+    """`(hs[T, B, H], (c_T, h_T))`: the LSTM over the raw input term `gx[T, B, 4H] = x W_x`.
 
-    `params = ((rec_scale, rec_bias), (cell_scale, cell_bias), bias)`; `mask[T, B]` (or None)
-    marks valid steps, where the state advances; elsewhere it is held. `hs` is the state's `h`.
+    `configs` and `params` are those of the normalisers of the input, recurrent and cell
+    terms, `params = (in, rec, cell, bias)` with `(scale, bias)` per normaliser (`()` for the
+    identity). `mask[T, B]` (or None) marks the valid steps, where the state advances; elsewhere
+    it is held. `hs` is the state's `h` at every step.
     """
-    final, (_, hs, _) = _lstm_forward(w_h, params, configs, gx, mask, state, unroll)
+    final, (_, hs, *_) = _lstm_forward(w_h, configs, params, gx, mask, state, unroll)
     return hs, final
 
 
 def _lstm_scan_fwd(w_h, configs, params, gx, mask, unroll, state):
-    final, (cs, hs, a) = _lstm_forward(w_h, params, configs, gx, mask, state, unroll)
-    return (hs, final), (w_h, params, gx, mask, state, cs, hs, a)
+    final, saved = _lstm_forward(w_h, configs, params, gx, mask, state, unroll)
+    return (saved[1], final), (w_h, params, gx, mask, state, saved)
 
 
 def _lstm_scan_bwd(configs, unroll, res, cotangents):
-    w_h, params, gx, mask, (c0, h0), cs, hs, a = res
+    w_h, params, gx, mask, (c0, h0), (cs, hs, a, stats) = res
+    in_params, rec_params, cell_params, _ = params
+    in_config, rec_config, cell_config = configs
     dhs, (dc_final, dh_final) = cotangents
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    zero_norm_grads = jax.tree.map(jnp.zeros_like, params[:2])
 
     def body(carry, inputs):
-        dc, dh, norm_grads = carry
-        a_t, gx_t, c_prev_t, dh_out, m = inputs
-        _, _, (sf, si, so, tg, tc, rec_res, cell_res) = _lstm_update(
-            params, configs, a_t, gx_t, c_prev_t
-        )
+        dc, dh, dparams = carry
+        gx_t, a_t, c_prev_t, (x_stats, a_stats, c_stats), dh_out, m = inputs
+        x_norm = _norm_apply(gx_t, in_params, x_stats)
+        a_norm = _norm_apply(a_t, rec_params, a_stats)
+        c, (sf, si, so, tg) = _lstm_update(params, x_norm, a_norm, c_prev_t)
+        tc = jnp.tanh(_norm_apply(c, cell_params, c_stats))
         dh_new, dc_new = dh + dh_out, dc
         if m is not None:  # a held state passes its gradient straight through
             keep = m[:, None]
             dh_new, dc_new = jnp.where(keep, dh_new, 0), jnp.where(keep, dc_new, 0)
-        dc_hat, dcell = _norm_bwd(configs[1], cell_res, dh_new * so * (1 - tc * tc))
-        dc_new = dc_new + dc_hat
+        dc_norm, dcell = _norm_bwd(
+            cell_config, c, cell_params, c_stats, dh_new * so * (1 - tc * tc)
+        )
+        dc_new = dc_new + dc_norm
         dz = jnp.concatenate(
             [
                 dc_new * c_prev_t * sf * (1 - sf),
@@ -247,24 +266,30 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
             ],
             axis=-1,
         )
-        da, drec = _norm_bwd(configs[0], rec_res, dz)
+        dgx, din = _norm_bwd(in_config, gx_t, in_params, x_stats, dz)
+        da, drec = _norm_bwd(rec_config, a_t, rec_params, a_stats, dz)
         dh_prev, dc_prev = da @ w_h.T, dc_new * sf
         if m is not None:
             dh_prev = dh_prev + jnp.where(keep, 0, dh)
             dc_prev = dc_prev + jnp.where(keep, 0, dc)
-        norm_grads = jax.tree.map(jnp.add, norm_grads, (drec, dcell))
-        return (dc_prev, dh_prev, norm_grads), (dz, da)
+        # Parameter gradients are summed here, where the rows are in cache: as reductions over
+        # [T, B, .] stacks after the loop they cost more than the whole loop (XLA:CPU).
+        step_grads = (din, drec, dcell, jnp.sum(dz, axis=0))
+        dparams = jax.tree.map(jnp.add, dparams, step_grads)
+        same = in_config is None and rec_config is None  # then dgx and da are both dz
+        return (dc_prev, dh_prev, dparams), (dgx, None if same else da)
 
-    (dc0, dh0, (drec, dcell)), (dz, da) = jax.lax.scan(
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    (dc0, dh0, dparams), (dgx, da) = jax.lax.scan(
         body,
-        (dc_final, dh_final, zero_norm_grads),
-        (a, gx, c_prev, dhs, mask),
+        (dc_final, dh_final, zero_grads),
+        (gx, a, c_prev, stats, dhs, mask),
         reverse=True,
         unroll=unroll,
     )
+    da = dgx if da is None else da
     dw_h = jnp.einsum("tbh,tbg->hg", h_prev, da)
-    dparams = (drec, dcell, jnp.sum(dz, axis=(0, 1)))
-    return dw_h, dparams, dz, None, (dc0, dh0)
+    return dw_h, dparams, dgx, None, (dc0, dh0)
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
@@ -381,38 +406,40 @@ class LSTMCell(nnx.Module):
     @property
     def has_fused_scan(self) -> bool:
         """Whether `scan` applies: plain, LN and RMS cells (`paper`, `draw`), the cell carried."""
-        norms = (self.recurrent_proj.norms[0], self.cell_norm)
         return (
             type(self.recurrent_proj.dense) is nnx.Linear
             and not self.gate_norms
             and not self.carry_normalized_cell
-            and all(_fused_norm(n) is not None for n in norms)
+            and all(_fused_norm(n) is not None for n in self._fused_norms())
         )
+
+    def _fused_norms(self) -> tuple[nnx.Module, nnx.Module, nnx.Module]:
+        return self.input_proj.norms[0], self.recurrent_proj.norms[0], self.cell_norm
 
     def scan(
         self,
         state: tuple[Array, Array],
-        gx: Array,
+        x: Array,
         *,
         mask: Array | None = None,
         unroll: int = 1,
     ) -> tuple[Array, tuple[Array, Array]]:
-        """`step` over all of `gx[T, B, 4H] = project_inputs(x)`, with the fast gradient.
+        """The cell over a whole sequence `x[T, B, F]`, with a hand-written gradient.
 
-        Returns the state's `h` at every step `[T, B, H]` and the final state; where
-        `mask[T, B]` is False the state is held. Needs `has_fused_scan`.
+        Equals calling the cell at every step (`W_x x` is one matmul for all steps; its
+        normaliser runs inside the loop, where its rows are in cache). Returns the state's `h`
+        at every step `[T, B, H]` and the final state; where `mask[T, B]` is False the state is
+        held. Needs `has_fused_scan`.
         """
         if not self.has_fused_scan:
             raise ValueError(
                 "LSTMCell.scan handles norm='none'|'layer'|'rms' with variant='paper'|'draw' "
                 "and carry_normalized_cell=False; run other cells step by step"
             )
-        (rec_params, rec_config), (cell_params, cell_config) = (
-            _fused_norm(n) for n in (self.recurrent_proj.norms[0], self.cell_norm)
-        )
-        params = (rec_params, cell_params, self.bias[...])
+        params, configs = zip(*(_fused_norm(n) for n in self._fused_norms()), strict=True)
+        gx = self.input_proj.dense(x)
         w_h = self.recurrent_proj.dense.kernel[...]
-        return _lstm_scan(w_h, (rec_config, cell_config), params, gx, mask, unroll, state)
+        return _lstm_scan(w_h, configs, (*params, self.bias[...]), gx, mask, unroll, state)
 
     def __call__(
         self,

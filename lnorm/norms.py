@@ -87,7 +87,10 @@ def _one_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | Non
     return shift + m1, jax.lax.rsqrt(var + epsilon)
 
 
-def _affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
+def affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
+    """`scale * (x - mean) * rstd + bias` from given per-row statistics. Public, with
+    `normalize_fwd`/`normalize_bwd`, for recurrences that save the statistics themselves
+    (`lnorm.cells`' fused LSTM scan)."""
     y = (xf - mean) * rstd if mean is not None else xf * rstd
     if scale is not None:
         y = y * scale
@@ -99,17 +102,18 @@ def _affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _normalize(x, scale, bias, epsilon, center, dtype):
     xf = x.astype(_compute_dtype(x.dtype))
-    return _affine(xf, *_two_pass_stats(xf, epsilon, center), scale, bias, dtype, x.dtype)
+    return affine(xf, *_two_pass_stats(xf, epsilon, center), scale, bias, dtype, x.dtype)
 
 
-def _normalize_fwd(x, scale, bias, epsilon, center, dtype):
+def normalize_fwd(x, scale, bias, epsilon, center, dtype):
+    """The normalisation and its residuals `(x, mean, rstd, scale, bias)` for `normalize_bwd`."""
     xf = x.astype(_compute_dtype(x.dtype))
     stats = _one_pass_stats if x.size >= _FUSED_MIN_SIZE else _two_pass_stats
     mean, rstd = stats(xf, epsilon, center)
-    return _affine(xf, mean, rstd, scale, bias, dtype, x.dtype), (x, mean, rstd, scale, bias)
+    return affine(xf, mean, rstd, scale, bias, dtype, x.dtype), (x, mean, rstd, scale, bias)
 
 
-def _normalize_bwd(epsilon, center, dtype, res, dy):
+def normalize_bwd(epsilon, center, dtype, res, dy):
     """dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)) with g = scale * dy (no mean(g) term
     without centring); dscale = sum(dy * x_hat), dbias = sum(dy) over the batch axes."""
     del epsilon, dtype
@@ -131,7 +135,7 @@ def _normalize_bwd(epsilon, center, dtype, res, dy):
     return dx.astype(x.dtype), dscale, dbias
 
 
-_normalize.defvjp(_normalize_fwd, _normalize_bwd)
+_normalize.defvjp(normalize_fwd, normalize_bwd)
 
 
 def layer_norm(

@@ -1,11 +1,13 @@
 """Running a recurrent cell over padded sequences: `RNN`, `Bidirectional`, `StackedRNN`.
 
-`RNN` computes the cell's input term (`N_x(W_x x_t)`) for every time step at once, as one
-matmul outside the loop, and scans only the recurrent part with `jax.lax.scan`; the outputs are
-those of calling the cell step by step. Padded steps are zeroed on the way in, excluded from
-batch statistics, leave the state untouched (so the final state is each sequence's state at its
-true end) and output zeros. `reverse=True` reverses each sequence within its own length, so time
-step `t` (which per-step batch norm indexes) counts from each sequence's first processed element.
+`RNN` computes the cell's input matmul (`W_x x_t`) for every time step at once outside the loop
+and scans only the recurrent part with `jax.lax.scan`: through `LSTMCell.scan`, with its
+hand-written gradient, where the cell has one (`has_fused_scan`), else through `cell.step` under
+autodiff. Outputs and gradients are those of calling the cell step by step. Padded steps are
+zeroed on the way in, excluded from batch statistics, leave the state untouched (so the final
+state is each sequence's state at its true end) and output zeros. `reverse=True` reverses each
+sequence within its own length, so time step `t` (which per-step batch norm indexes) counts from
+each sequence's first processed element.
 """
 
 from __future__ import annotations
@@ -121,25 +123,26 @@ class RNN(nnx.Module):
             x = reverse_sequences(x, mask)
         state = self.initial_state(batch) if initial_state is None else initial_state
 
-        steps = jnp.arange(length)
         step_mask = None if mask is None else mask.T
-        projected = self.cell.project_inputs(x.swapaxes(0, 1), t=steps, mask=step_mask)
-        _skip_recurrent_data_init(self.cell)
         if getattr(self.cell, "has_fused_scan", False):
-            outputs, state = self.cell.scan(state, projected, mask=step_mask, unroll=self.unroll)
+            outputs, state = self.cell.scan(
+                state, x.swapaxes(0, 1), mask=step_mask, unroll=self.unroll
+            )
             if mask is not None:
                 outputs = jnp.where(step_mask[..., None], outputs, 0)
         else:
-            outputs, state = self._scan_steps(state, projected, step_mask, steps)
+            outputs, state = self._scan_steps(state, x.swapaxes(0, 1), step_mask)
         outputs = outputs.swapaxes(0, 1)
         if self.reverse:
             outputs = reverse_sequences(outputs, mask)
         return outputs, state
 
-    def _scan_steps(
-        self, state: State, projected: Any, step_mask: Array | None, steps: Array
-    ) -> tuple[Array, State]:
-        """`cell.step` under `jax.lax.scan`, differentiated by autodiff (any cell)."""
+    def _scan_steps(self, state: State, x: Array, step_mask: Array | None) -> tuple[Array, State]:
+        """`cell.step` over `x[T, B, F]` under `jax.lax.scan`, differentiated by autodiff (any
+        cell); the input term is computed for all steps before the loop."""
+        steps = jnp.arange(x.shape[0])
+        projected = self.cell.project_inputs(x, t=steps, mask=step_mask)
+        _skip_recurrent_data_init(self.cell)
         graphdef, stats, rest = nnx.split(self.cell, nnx.BatchStat, ...)
 
         def body(carry, inputs):

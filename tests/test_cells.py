@@ -138,6 +138,21 @@ def test_lstm_matches_numpy(kw):
     )
     np.testing.assert_allclose(hs, want_h, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(np.stack([c for c, _ in states]), want_c, rtol=2e-4, atol=2e-5)
+    fused = (
+        kw["norm"] in ("none", "layer", "rms")
+        and kw.get("variant") in (None, "draw")
+        and not kw.get("carry_normalized_cell")
+    )
+    assert cell.has_fused_scan == fused
+    xs = jnp.asarray(xs, jnp.float32)
+    if not fused:
+        with pytest.raises(ValueError, match=r"LSTMCell\.scan handles"):
+            cell.scan(cell.initial_state(B), xs)
+        return
+    hs, (c, h) = cell.scan(cell.initial_state(B), xs)
+    np.testing.assert_allclose(hs, want_h, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(c, want_c[-1], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(h, want_h[-1], rtol=2e-4, atol=2e-5)
 
 
 def test_lstm_carries_the_unnormalised_cell():

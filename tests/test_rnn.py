@@ -128,6 +128,73 @@ def test_reverse_reads_each_sequence_backwards_from_its_true_end():
     assert_trees_close(final, at_true_end(states), rtol=1e-5, atol=1e-6)
 
 
+def definition_loss(cell, initial, x, lengths, reverse, weights):
+    """A loss on the outputs and final state of the step-by-step definition: the cell called at
+    each step in plain Python, the state held (and the output zero) at padded steps, each
+    sequence read backwards within its length when `reverse`. Differentiated by autodiff."""
+    valid = np.arange(T)[None, :] < lengths[:, None]
+    order = np.tile(np.arange(T), (B, 1))
+    if reverse:
+        order = np.where(valid, lengths[:, None] - 1 - order, order)
+    rows = np.arange(B)[:, None]
+    x = x[rows, order]  # `order` is its own inverse
+    state = tuple(jnp.broadcast_to(s, (B, H)) for s in initial)
+    outputs = []
+    for t in range(T):
+        keep = jnp.asarray(valid[:, t])[:, None]
+        (c, h), out = cell(state, x[:, t], t=t)
+        state = (jnp.where(keep, c, state[0]), jnp.where(keep, h, state[1]))
+        outputs.append(jnp.where(keep, out, 0))
+    return rnn_loss(jnp.stack(outputs, axis=1)[rows, order], state, weights)
+
+
+def rnn_loss(outputs, final, weights):
+    w_out, w_c, w_h = weights
+    c, h = final
+    return jnp.sum(jnp.sin(outputs) * w_out) + jnp.sum(c * w_c) + jnp.sum(h**2 * w_h)
+
+
+@pytest.mark.parametrize(
+    "norm, reverse, padded", [("none", True, True), ("layer", True, True), ("layer", False, False)]
+)
+def test_lstm_gradients_equal_autodiff_of_the_step_by_step_definition(norm, reverse, padded):
+    """`LSTMCell.scan`'s hand-written VJP (what `RNN` runs for plain and LN LSTMs) against
+    autodiff of the per-step definition: every parameter, the inputs and the learned initial
+    state, with padding (garbage in it) and reversal."""
+    rnn = RNN(
+        LSTMCell(F, H, norm=norm, rngs=nnx.Rngs(0)), reverse=reverse, learn_initial_state=True
+    )
+    assert rnn.cell.has_fused_scan
+    rnn.learned_state[0][...] = jnp.linspace(1.0, -0.5, H)
+    rnn.learned_state[1][...] = jnp.linspace(-1.0, 1.0, H)
+    lengths = LENGTHS if padded else np.full(B, T)
+    x = data(garbage=3.0 if padded else None)
+    rng = np.random.default_rng(1)
+    weights = tuple(
+        jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(B, T, H), (B, H), (B, H)]
+    )
+
+    @nnx.jit
+    def grads(rnn, x):
+        def fused(rnn, x):
+            outputs, final = rnn(x, lengths=jnp.asarray(lengths) if padded else None)
+            return rnn_loss(outputs, final, weights)
+
+        def definition(rnn, x):
+            initial = [s[...] for s in rnn.learned_state]
+            return definition_loss(rnn.cell, initial, x, lengths, reverse, weights)
+
+        return [nnx.grad(f, argnums=(0, 1))(rnn, x) for f in (fused, definition)]
+
+    (got, got_x), (want, want_x) = grads(rnn, x)
+    got, want = nnx.state(got, nnx.Param), nnx.state(want, nnx.Param)
+    assert_trees_close(got, want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got_x, want_x, rtol=2e-5, atol=2e-6)
+    assert np.abs(want["cell"]["recurrent_proj"]["dense"]["kernel"][...]).max() > 1e-3
+    if padded:
+        assert not np.asarray(got_x)[np.arange(T)[None, :] >= LENGTHS[:, None]].any()
+
+
 def test_bidirectional_concatenates_forward_and_reversed_runs():
     fwd, bwd = CELLS["gru-layer"](), GRUCell(F, H, norm="layer", rngs=nnx.Rngs(1))
     bi = Bidirectional(fwd, bwd)

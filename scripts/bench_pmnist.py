@@ -102,7 +102,7 @@ def main() -> None:
         data = write_synthetic(work / "idx", num_examples=TRAIN_EXAMPLES, seed=0)
         images, labels = read_pair(data / "train-images-idx3-ubyte.gz",
                                    data / "train-labels-idx1-ubyte.gz")
-        images = np.ascontiguousarray(images.reshape(len(images), -1))
+        images = images.reshape(len(images), -1).copy()  # writable, as torch.from_numpy wants
         labels = labels.astype(np.int64)
         print(f"{'norm':>6} {'batch':>5} {'lnorm ex/s':>11} {'torch ex/s':>11} {'ratio':>6}")
         for batch_size in args.batch_sizes:

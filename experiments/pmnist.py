@@ -37,7 +37,7 @@ from lnorm.trainer import Task
 class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
-    data_dir: str = "~/lnorm_data"  # where the prepared array_record dataset lives
+    data_dir: str | None = None  # prepared array_record data; None: $LNORM_DATA_DIR or ~/lnorm_data
     manual_dir: str | None = None  # a folder holding the four IDX .gz files, if you have them
     validation_size: int = 5000  # the paper's 55,000 / 5,000 split of the training file
     verify_md5: bool = True  # false only for synthetic stand-in files (tests, demos)
@@ -111,7 +111,7 @@ def build(conf: RunConfig, run_dir: Path) -> Task:
     data: DataConfig = conf.data
     model_cfg: ModelConfig = conf.model
     sources = load_mnist(
-        Path(data.data_dir).expanduser(),
+        Path(data.data_dir).expanduser() if data.data_dir else None,
         manual_dir=data.manual_dir,
         validation_size=data.validation_size,
         verify_md5=data.verify_md5,

@@ -53,11 +53,6 @@ def prepare(
     return builder
 
 
-def data_source(builder: tfds.core.DatasetBuilder, split: str):
-    """The random-access source of one split (read by grain)."""
-    return builder.as_data_source(split=split)
-
-
 def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

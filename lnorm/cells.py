@@ -26,6 +26,7 @@ from lnorm.norms import (
     BatchNorm,
     Identity,
     LayerNorm,
+    NormSpec,
     RMSNorm,
     affine,
     make_dense,
@@ -304,6 +305,16 @@ def _fused_norm(norm: nnx.Module) -> tuple[tuple, NormConfig] | None:
     return None
 
 
+def _split_spec(
+    norm: str | NormSpec, norm_kwargs: Mapping[str, Any] | None
+) -> tuple[str, dict[str, Any]]:
+    """A cell's `(norm name, normaliser options)`; a `NormSpec` brings its own options, which
+    explicit `norm_kwargs` override."""
+    if isinstance(norm, NormSpec):
+        return norm.name, {**norm.options, **(norm_kwargs or {})}
+    return norm, dict(norm_kwargs or {})
+
+
 def _check_option(cell: str, key: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise ValueError(f"{cell}: unknown {key}={value!r}; expected one of {tuple(allowed)}")
@@ -331,7 +342,7 @@ class LSTMCell(nnx.Module):
         in_features: int,
         hidden_features: int,
         *,
-        norm: str = "none",
+        norm: str | NormSpec = "none",
         variant: str = "paper",
         carry_normalized_cell: bool = False,
         t_max: int | None = None,
@@ -340,6 +351,7 @@ class LSTMCell(nnx.Module):
         recurrent_kernel_init: Initializer = _RECURRENT_INIT,
         rngs: nnx.Rngs,
     ):
+        norm, norm_kwargs = _split_spec(norm, norm_kwargs)
         _check_option("LSTMCell", "norm", norm, NORMS)
         _check_option("LSTMCell", "variant", variant, LSTM_VARIANTS)
         activation_norms = ("layer", "rms") if variant == "per_gate" else ("layer", "batch", "rms")
@@ -471,7 +483,7 @@ class GRUCell(nnx.Module):
         in_features: int,
         hidden_features: int,
         *,
-        norm: str = "none",
+        norm: str | NormSpec = "none",
         variant: str = "paper",
         t_max: int | None = None,
         norm_kwargs: Mapping[str, Any] | None = None,
@@ -479,6 +491,7 @@ class GRUCell(nnx.Module):
         recurrent_kernel_init: Initializer = _RECURRENT_INIT,
         rngs: nnx.Rngs,
     ):
+        norm, norm_kwargs = _split_spec(norm, norm_kwargs)
         _check_option("GRUCell", "norm", norm, NORMS)
         _check_option("GRUCell", "variant", variant, GRU_VARIANTS)
         hid = hidden_features

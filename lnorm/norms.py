@@ -8,8 +8,10 @@ and recurrent cells swap normalisers without branching. `NormedDense` is the pap
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -446,6 +448,93 @@ def make_dense(
     return layer(in_features, out_features, use_bias=use_bias, rngs=rngs)
 
 
+PLACEMENTS = ("paper", "everywhere")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    """The one interpretation of the `norm` config: which normaliser, its options, and what the
+    name implies. Models take it whole (`norm: NormSpec`) instead of switching on the name.
+
+    - `unbiased=None` resolves to the paper's rule for batch norm: the unbiased variance at
+      batch size 4 and below (`resolved(batch_size)`), the biased one above.
+    - `scale_init=None` keeps each normaliser's own gain init (1; 0.1 for batch norm inside the
+      recurrent cells, as Cooijmans et al.).
+    - `placement`: `paper` normalises where the paper's experiment does (e.g. layer norm on the
+      hidden layers only); `everywhere` every linear map a model has ("BN-everywhere").
+    - weight norm lives in the linear maps (`dense`) and needs a data-dependent init
+      (`data_init`); the activation normaliser is then the identity.
+    """
+
+    name: str = "layer"  # none | layer | batch | weight | rms
+    epsilon: float = 1e-5
+    momentum: float = 0.99  # batch norm running averages
+    unbiased: bool | None = None  # batch norm; None: unbiased when the batch size is <= 4
+    scale_init: float | None = None  # None: the normaliser's default gain init
+    placement: str = "paper"  # paper | everywhere
+
+    def __post_init__(self) -> None:
+        _check_name(self.name)
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"norm.placement={self.placement!r}: expected one of {PLACEMENTS}")
+        if not self.epsilon > 0:
+            raise ValueError(f"norm.epsilon={self.epsilon!r}: expected a positive number")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"norm.momentum={self.momentum!r}: expected a value in [0, 1)")
+
+    def resolved(self, batch_size: int) -> NormSpec:
+        """The spec with batch norm's `unbiased` fixed for training batches of `batch_size`."""
+        if self.unbiased is not None or self.name != "batch":
+            return self
+        return dataclasses.replace(self, unbiased=batch_size <= 4)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword options of the normaliser modules (`make_norm`, the cells' `norm_kwargs`)."""
+        kw: dict[str, Any] = {}
+        if self.name in ("layer", "rms", "batch"):
+            kw["epsilon"] = self.epsilon
+        if self.name == "batch":
+            kw["momentum"] = self.momentum
+            kw["unbiased"] = bool(self.unbiased)
+        if self.scale_init is not None and self.name in ("layer", "rms", "batch"):
+            kw["scale_init"] = nnx.initializers.constant(self.scale_init)
+        return kw
+
+    @property
+    def normalizes_output(self) -> bool:
+        """Whether an output layer is normalised too: batch and weight norm normalise "all
+        layers" in the paper; layer and RMS norm the hidden ones only (unless `everywhere`)."""
+        return self.name in ("batch", "weight") or self.placement == "everywhere"
+
+    def norm(self, num_features: int, *, rngs: nnx.Rngs) -> nnx.Module:
+        """The activation normaliser (`Identity` for none and weight)."""
+        return make_norm(self.name, num_features, rngs=rngs, **self.options)
+
+    def dense(self, in_features: int, out_features: int, *, use_bias: bool,
+              rngs: nnx.Rngs) -> nnx.Module:
+        """The linear map (`WeightNormDense` for weight norm)."""
+        return make_dense(self.name, in_features, out_features, use_bias=use_bias, rngs=rngs)
+
+    def normed_dense(self, in_features: int, out_features: int, *, rngs: nnx.Rngs) -> NormedDense:
+        """`norm(W x)` with the bias rule of `NormedDense`."""
+        return NormedDense(in_features, out_features, norm=self.name, rngs=rngs, **self.options)
+
+    def data_init(self, model: nnx.Module, fn: Callable[..., Any], *args: Any) -> None:
+        """Weight norm's data-dependent init (`weight_norm_init`): runs `fn(*args)` once with
+        every `WeightNormDense` of `model` initialising from the data; a no-op otherwise."""
+        if self.name == "weight":
+            weight_norm_init(model, fn, *args)
+
+
+NONE = NormSpec("none")
+
+
+def as_spec(norm: str | NormSpec) -> NormSpec:
+    """`norm` as a `NormSpec` (a bare name gets the default options)."""
+    return norm if isinstance(norm, NormSpec) else NormSpec(norm)
+
+
 class NormedDense(nnx.Module):
     """`norm(W x)`: the paper's `g / sigma * (W x - mu) + b` for `norm="layer"`.
 
@@ -466,7 +555,11 @@ class NormedDense(nnx.Module):
 
 
 __all__ = [
+    "NONE",
     "NORMS",
+    "PLACEMENTS",
+    "NormSpec",
+    "as_spec",
     "BatchNorm",
     "Identity",
     "LayerNorm",

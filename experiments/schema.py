@@ -12,15 +12,11 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from lnorm.trainer import OptimConfig, TrainConfig
+from lnorm.norms import NormSpec
+from lnorm.optim import OptimConfig
+from lnorm.trainer import TrainConfig
 
-
-@dataclass
-class NormConfig:
-    name: str = "layer"  # none | layer | batch | weight | rms
-    epsilon: float = 1e-5
-    momentum: float = 0.99  # batch norm running averages
-    unbiased: bool | None = None  # batch norm; None: unbiased when data.batch_size <= 4
+SCALES = ("paper", "small", "tiny")
 
 
 @dataclass
@@ -46,8 +42,9 @@ class TrainSection(TrainConfig):
 @dataclass
 class RunConfig:
     name: str | None = None  # set by configs/exp/NAME.yaml
+    scale: str = "paper"  # paper | small | tiny (configs/scale, configs/exp/NAME/SCALE.yaml)
     seed: int = 0
-    norm: NormConfig = field(default_factory=NormConfig)
+    norm: NormSpec = field(default_factory=NormSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

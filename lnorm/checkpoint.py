@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"  # the best checkpoint by `train.select_metric` (model and meta only)
 
 
 def _is_key(x: Any) -> bool:
@@ -63,16 +64,16 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, model: Any, train: Any, meta: dict[str, Any]) -> None:
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                model=ocp.args.StandardSave(_to_storable(model)),
-                train=ocp.args.StandardSave(_to_storable(train)),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
+    def save(self, step: int, model: Any, meta: dict[str, Any], train: Any = None) -> None:
+        items = dict(model=ocp.args.StandardSave(_to_storable(model)),
+                     meta=ocp.args.JsonSave(meta))
+        if train is not None:
+            items["train"] = ocp.args.StandardSave(_to_storable(train))
+        if step in self._manager.all_steps():
+            # Left by an interrupted attempt that got further (the best checkpoint is saved
+            # between regular checkpoints); the resumed run reproduces it exactly.
+            self._manager.delete(step)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
     def restore(self, step: int, *, model: Any = None, train: Any = None) -> dict[str, Any]:
@@ -112,13 +113,38 @@ class Checkpointer:
         self.close()
 
 
-def load_model(run_dir: str | os.PathLike, model: nnx.Module, step: int | None = None) -> int:
-    """Loads the parameters and state of a run's checkpoint (default: the latest) into `model`
-    in place (e.g. for a final test evaluation or sampling). Returns the step loaded."""
-    directory = Path(run_dir) / CHECKPOINT_DIR
-    with Checkpointer(directory) as ckpt:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}")
+def checkpoint_steps(run_dir: str | os.PathLike) -> dict[str, list[int]]:
+    """The saved steps of a run: `{"last": [...], "best": [...]}` (ascending)."""
+    steps = {}
+    for name, sub in (("last", CHECKPOINT_DIR), ("best", BEST_DIR)):
+        directory = Path(run_dir) / sub
+        steps[name] = sorted(int(p.name) for p in directory.iterdir()
+                             if p.name.isdigit()) if directory.is_dir() else []
+    return steps
+
+
+def load_model(run_dir: str | os.PathLike, model: nnx.Module,
+               step: int | str | None = None) -> int:
+    """Loads a run's checkpoint into `model` in place (e.g. for a test evaluation or sampling):
+    `step` is a step number, "last" (default) or "best" (the checkpoint selected by
+    `train.select_metric`). Returns the step loaded."""
+    steps = checkpoint_steps(run_dir)
+    run_dir = Path(run_dir)
+    if step == "best":
+        if not steps["best"]:
+            raise FileNotFoundError(f"no best checkpoint in {run_dir / BEST_DIR} (the run has "
+                                    "no train.select_metric, or has not evaluated yet)")
+        step, sub = steps["best"][-1], BEST_DIR
+    elif step in (None, "last"):
+        if not steps["last"]:
+            raise FileNotFoundError(f"no checkpoint in {run_dir / CHECKPOINT_DIR}")
+        step, sub = steps["last"][-1], CHECKPOINT_DIR
+    else:
+        step = int(step)
+        sub = CHECKPOINT_DIR if step in steps["last"] else BEST_DIR
+        if step not in steps["last"] + steps["best"]:
+            raise FileNotFoundError(f"no checkpoint at step {step} in {run_dir}: saved steps "
+                                    f"are {sorted(set(steps['last'] + steps['best']))}")
+    with Checkpointer(run_dir / sub) as ckpt:
         ckpt.load_model(step, model)
     return step

@@ -8,6 +8,7 @@ W&B install or a missing API key cannot cost a training run.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import warnings
@@ -53,9 +54,13 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Writes `obj` as JSON to `path` via a temporary file and a rename, so a crash never leaves
     a half-written file behind."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -125,6 +130,35 @@ class RunLogger:
         if self._run is not None:
             run = self._run
             self._wandb_call("log", lambda _: run.log(dict(metrics), step=int(step)))
+
+    def log_artifact(self, step: int, key: str, path: Path) -> None:
+        """Logs a written artifact file to W&B as media (images, GIFs, HTML; other files as
+        W&B artifacts are not worth it: they stay in the run directory)."""
+        if self._run is None:
+            return
+        run = self._run
+
+        def media(wb):
+            if path.suffix in (".png", ".gif"):
+                return wb.Image(str(path))
+            if path.suffix in (".html", ".svg"):
+                return wb.Html(path.read_text())
+            if path.suffix == ".txt":
+                return wb.Html(f"<pre>{html.escape(path.read_text())}</pre>")
+            return None
+
+        def log(wb):
+            item = media(wb)
+            if item is not None:
+                run.log({key: item}, step=int(step))
+
+        self._wandb_call("log", log)
+
+    def summary_exists(self) -> bool:
+        return (self.run_dir / SUMMARY_FILE).exists()
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / SUMMARY_FILE).read_text())
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Final numbers of the run: `run_dir/summary.json` and the W&B run summary."""

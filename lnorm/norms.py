@@ -451,7 +451,7 @@ def make_dense(
 PLACEMENTS = ("paper", "everywhere")
 
 
-@dataclass(frozen=True)
+@dataclass
 class NormSpec:
     """The one interpretation of the `norm` config: which normaliser, its options, and what the
     name implies. Models take it whole (`norm: NormSpec`) instead of switching on the name.
@@ -558,14 +558,14 @@ __all__ = [
     "NONE",
     "NORMS",
     "PLACEMENTS",
-    "NormSpec",
-    "as_spec",
     "BatchNorm",
     "Identity",
     "LayerNorm",
+    "NormSpec",
     "NormedDense",
     "RMSNorm",
     "WeightNormDense",
+    "as_spec",
     "layer_norm",
     "make_dense",
     "make_norm",

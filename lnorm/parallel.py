@@ -27,6 +27,19 @@ def initialize_distributed(**kwargs: Any) -> tuple[int, int]:
     return jax.process_index(), jax.process_count()
 
 
+def check_batch_size(batch_size: int, key: str = "batch_size") -> None:
+    """A global batch size the processes and their devices can split evenly (each process
+    reads `batch_size / process_count` examples and splits them over its local devices);
+    checked before any data is read."""
+    devices = jax.device_count()
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{key}={batch_size!r}: expected a positive integer")
+    if batch_size % devices:
+        raise ValueError(f"{key}={batch_size}: the global batch must split evenly over the "
+                         f"{devices} devices ({jax.process_count()} processes); use a multiple "
+                         f"of {devices}")
+
+
 class DataParallel:
     """Places a training state (replicated) and batches (sharded) on a 1-D "data" mesh.
 

@@ -22,13 +22,19 @@ def _compose(*overrides: str, hydra: bool = False):
         return compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
-def test_every_experiment_file_is_registered_and_vice_versa():
-    assert sorted(experiments.EXPERIMENTS) == EXPS
+SCALES = ("paper", "small", "tiny")
 
 
+def test_every_experiment_file_is_an_implemented_package_and_vice_versa():
+    assert experiments.available() == EXPS
+    for exp in EXPS:  # each has its three scales
+        assert sorted(p.stem for p in (CONFIGS / "exp" / exp).glob("*.yaml")) == sorted(SCALES)
+
+
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("exp", EXPS)
-def test_experiment_composes_at_top_level(exp):
-    cfg = _compose(f"+exp={exp}")
+def test_experiment_composes_at_top_level(exp, scale):
+    cfg = _compose(f"+exp={exp}", f"scale={scale}")
     # Without `# @package _global_` everything would silently nest under `exp`.
     assert "exp" not in cfg
     assert cfg.name == exp
@@ -38,6 +44,27 @@ def test_experiment_composes_at_top_level(exp):
     assert isinstance(conf.model, module.ModelConfig)
     assert resolved["train"]["seed"] == resolved["seed"]
     assert resolved["train"]["optim"] == resolved["optim"]
+    assert conf.scale == scale
+
+
+def test_scale_deltas_apply_and_user_overrides_win():
+    paper, _, _ = resolve(_compose("+exp=pmnist"))
+    tiny, _, _ = resolve(_compose("+exp=pmnist", "scale=tiny"))
+    mine, _, _ = resolve(_compose("+exp=pmnist", "scale=tiny", "train.steps=7"))
+    assert (paper.train.epochs, paper.model.hidden) == (60, [1000, 1000])
+    assert (tiny.train.steps, tiny.model.hidden) == (40, [64])
+    assert mine.train.steps == 7
+
+
+def test_unknown_scale_and_unimplemented_experiment_are_named():
+    from experiments.run import precheck
+
+    with pytest.raises(ConfigError, match="scale=huge"):
+        precheck(["+exp=pmnist", "scale=huge"])
+    with pytest.raises(experiments.UnknownExperimentError, match="'draw' is not implemented yet"):
+        precheck(["+exp=draw"]) if "draw" not in EXPS else pytest.skip("draw is implemented")
+    with pytest.raises(experiments.UnknownExperimentError, match="unknown experiment 'nope'"):
+        precheck(["+exp=pmnist,nope"])
 
 
 def test_experiment_files_open_with_package_and_run_comment():
@@ -71,6 +98,10 @@ def test_overrides_reach_the_dataclasses():
         ("+data.batch_sz=4", "batch_sz"),
         ("+model.hiden=[10]", "hiden"),
         ("data.batch_size=abc", "batch_size"),
+        ("data.batch_size=0", "data.batch_size=0"),
+        ("optim.schedule=warp", "optim.schedule='warp'"),
+        ("norm.placement=nowhere", "norm.placement='nowhere'"),
+        ("train.select_mode=best", "select_mode"),
     ],
 )
 def test_mistyped_keys_and_types_are_rejected(override, message):

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent("""
     from lnorm import norms
     from lnorm.metrics import evaluate
     from lnorm.parallel import DataParallel
-    from lnorm.trainer import OptimConfig, Task, TrainConfig, train
+    from lnorm.optim import OptimConfig
+    from lnorm.trainer import Task, TrainConfig, train
 
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
@@ -59,7 +60,7 @@ SCRIPT = textwrap.dedent("""
                 yield {"x": x[idx], "y": y[idx]}
 
         task = Task(MLP(nnx.Rngs(0)), loss_fn, train_batches, 64 // batch,
-                    {"eval": lambda m: evaluate(m, metric_fn, [{"x": x, "y": y}])})
+                    {"eval": lambda m, ctx: evaluate(m, metric_fn, [{"x": x, "y": y}])})
         config = TrainConfig(epochs=2, log_every=1, progress=False,
                              optim=OptimConfig(learning_rate=1e-2))
         run_dir = tempfile.mkdtemp()

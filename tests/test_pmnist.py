@@ -13,34 +13,35 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments.common import norm_options
-from experiments.pmnist import MLP
-from experiments.schema import NormConfig
+from experiments.pmnist.model import MLP
 from lnorm.data.mnist import pixel_permutation, write_synthetic
-from lnorm.norms import BatchNorm, Identity, LayerNorm, WeightNormDense
+from lnorm.norms import BatchNorm, Identity, LayerNorm, NormSpec, WeightNormDense
 from scripts import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _norm_types(norm: str, norm_output: bool) -> list[type]:
-    model = MLP([784, 16, 16, 10], norm=norm, norm_output=norm_output, rngs=nnx.Rngs(0))
+def _norm_types(norm: NormSpec) -> list[type]:
+    model = MLP([784, 16, 16, 10], norm=norm, rngs=nnx.Rngs(0))
     return [type(layer.norm) for layer in model.layers]
 
 
 def test_layer_norm_on_hidden_layers_only_batch_norm_on_all():
-    assert _norm_types("layer", False) == [LayerNorm, LayerNorm, Identity]
-    assert _norm_types("batch", True) == [BatchNorm, BatchNorm, BatchNorm]
-    assert _norm_types("none", False) == [Identity, Identity, Identity]
-    model = MLP([784, 16, 10], norm="weight", norm_output=True, rngs=nnx.Rngs(0))
+    assert _norm_types(NormSpec("layer")) == [LayerNorm, LayerNorm, Identity]
+    assert _norm_types(NormSpec("layer", placement="everywhere")) == [LayerNorm] * 3
+    assert _norm_types(NormSpec("batch")) == [BatchNorm, BatchNorm, BatchNorm]
+    assert _norm_types(NormSpec("none")) == [Identity, Identity, Identity]
+    model = MLP([784, 16, 10], norm=NormSpec("weight"), rngs=nnx.Rngs(0))
     assert all(isinstance(layer.dense, WeightNormDense) for layer in model.layers)
 
 
 def test_batch_norm_uses_unbiased_variance_at_batch_size_4_only():
-    assert norm_options(NormConfig(name="batch"), 4)["unbiased"] is True
-    assert norm_options(NormConfig(name="batch"), 128)["unbiased"] is False
-    assert norm_options(NormConfig(name="batch", unbiased=False), 4)["unbiased"] is False
-    assert norm_options(NormConfig(name="layer", epsilon=1e-3), 4) == {"epsilon": 1e-3}
+    assert NormSpec("batch").resolved(4).options["unbiased"] is True
+    assert NormSpec("batch").resolved(128).options["unbiased"] is False
+    assert NormSpec("batch", unbiased=False).resolved(4).options["unbiased"] is False
+    assert NormSpec("layer", epsilon=1e-3).resolved(4).options == {"epsilon": 1e-3}
+    model = MLP([784, 16, 10], norm=NormSpec("batch").resolved(4), rngs=nnx.Rngs(0))
+    assert all(layer.norm.unbiased for layer in model.layers)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_cli_sweep_runs_separate_jobs_and_compare_plots_them(synthetic_mnist, tm
     assert compare.main([str(sweep_dir), "--out", str(out), "--name", "fig6"]) == 0
     assert (out / "fig6.png").stat().st_size > 10_000
     table = (out / "fig6.md").read_text()
-    assert "| 32 | batch (seed 0) |" in table and "| 32 | none (seed 0) |" in table
+    assert "| norm=batch | 1 |" in table and "| norm=none | 1 |" in table
 
 
 def test_cli_without_experiment_lists_them_and_leaves_nothing(tmp_path):

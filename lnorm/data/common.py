@@ -53,6 +53,42 @@ def prepare(
     return builder
 
 
+def data_root(data_dir: str | os.PathLike | None) -> Path:
+    """The prepared-data directory: `data_dir`, else $LNORM_DATA_DIR or ~/lnorm_data."""
+    return Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR
+
+
+def synthetic_corpus(
+    data_dir: str | os.PathLike | None,
+    dataset: str,
+    write: Callable[..., Any],
+    *,
+    num_examples: int,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """A dataset's synthetic stand-in, in the real files' format, for `data.synthetic=true`.
+
+    The files are written once by `write(out_dir, num_examples=, seed=)` (the dataset module's
+    `write_synthetic`) into `<data_dir>/synthetic/<dataset>-<num_examples>-<seed>/files`, via a
+    temporary folder renamed when complete. Returns `(files, prepared_data_dir)`: the manual
+    directory to prepare from, and a TFDS data directory of its own, so that a stand-in is never
+    mistaken for the real dataset prepared under `data_dir`."""
+    root = data_root(data_dir) / "synthetic" / f"{dataset}-{num_examples}-{seed}"
+    files = root / "files"
+    if not files.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".files-", dir=root))
+        try:
+            write(tmp, num_examples=num_examples, seed=seed)
+            os.replace(tmp, files)
+        except OSError:
+            if not files.exists():  # not another process having won the race
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return files, root / "prepared"
+
+
 def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:

@@ -255,6 +255,12 @@ class Pipeline:
     grain reads `read_block` batches per element: its per-element bookkeeping (~40 us) would
     otherwise dominate tiny batches. `num_threads`/`prefetch` read blocks ahead in threads, which
     pays off for slow per-example decoding only.
+
+    `batch_size` is global. With several processes (`jax.distributed`), every process draws
+    the same plan and reads only its contiguous share of each batch (`process_index` of
+    `process_count`, by default JAX's), in process order, which is how
+    `jax.make_array_from_process_local_data` assembles the global batch; a batch that does not
+    split evenly (an evaluation's last one) is split as evenly as possible.
     """
 
     def __init__(
@@ -273,6 +279,8 @@ class Pipeline:
         num_threads: int = 0,
         prefetch: int = 0,
         read_block: int = 16,
+        process_index: int | None = None,
+        process_count: int | None = None,
     ):
         if len(source) == 0:
             raise ValueError("Pipeline over an empty source")
@@ -293,6 +301,16 @@ class Pipeline:
         self.lengths = lengths
         self.bucket_window = bucket_window
         self.read_block = read_block
+        if process_count is None or process_index is None:
+            import jax
+
+            process_index, process_count = jax.process_index(), jax.process_count()
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} of process_count={process_count}")
+        if drop_remainder and batch_size % process_count:
+            raise ValueError(f"batch_size={batch_size} (global) must split evenly over the "
+                             f"{process_count} processes")
+        self.process_index, self.process_count = process_index, process_count
         self.read_options = grain.ReadOptions(
             num_threads=num_threads, prefetch_buffer_size=prefetch
         )
@@ -335,6 +353,8 @@ class Pipeline:
         if not 0 <= start <= len(self):
             raise ValueError(f"start must be in [0, {len(self)}] batches; got {start}")
         plan = self.plan(epoch)[start:]
+        if self.process_count > 1:
+            plan = [np.array_split(b, self.process_count)[self.process_index] for b in plan]
         blocks = [plan[i : i + self.read_block] for i in range(0, len(plan), self.read_block)]
         ds = grain.MapDataset.source(blocks).map(lambda block: [self.load(b) for b in block])
         return itertools.chain.from_iterable(ds.to_iter_dataset(self.read_options))

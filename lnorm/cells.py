@@ -1,4 +1,4 @@
-"""Recurrent cells whose normaliser is chosen by name (PAPER.md §1, "Layer-normalised RNNs").
+"""Recurrent cells whose normaliser is chosen by name (docs/paper.md §1.2-§1.5).
 
 Every cell splits its step into the part that depends only on the input, `project_inputs(x)`
 (`N(W_x x)`, one matmul for all time steps when `lnorm.rnn.RNN` calls it on a whole sequence),

@@ -520,10 +520,15 @@ class NormSpec:
         """`norm(W x)` with the bias rule of `NormedDense`."""
         return NormedDense(in_features, out_features, norm=self.name, rngs=rngs, **self.options)
 
+    @property
+    def needs_data_init(self) -> bool:
+        """Whether `data_init` does anything (weight norm), so callers can skip reading data."""
+        return self.name == "weight"
+
     def data_init(self, model: nnx.Module, fn: Callable[..., Any], *args: Any) -> None:
         """Weight norm's data-dependent init (`weight_norm_init`): runs `fn(*args)` once with
         every `WeightNormDense` of `model` initialising from the data; a no-op otherwise."""
-        if self.name == "weight":
+        if self.needs_data_init:
             weight_norm_init(model, fn, *args)
 
 

@@ -4,7 +4,7 @@
 
 For each dataset module in `lnorm.data`: writes its synthetic corpus (`write_synthetic`) into a
 temp dir, prepares it with the real builder (timed, reported per 10k examples) and reads the
-train split at the paper's batch sizes (PAPER.md §2), reporting batches/s and examples/s after
+train split at the paper's batch sizes (docs/paper.md §4), reporting batches/s and examples/s after
 the first batch. A dataset whose module is missing or fails is reported as such, not fatal.
 Compare the per-batch time with the model's training step: the target is at least 5x faster.
 """

@@ -33,7 +33,7 @@ def np_dense(dense, a):
 
 
 def np_norm(norm, a):
-    """The normaliser's training-mode formula, written out (PAPER.md §1)."""
+    """The normaliser's training-mode formula, written out (docs/paper.md §1)."""
     if isinstance(norm, Identity):
         return a
     if isinstance(norm, LayerNorm):

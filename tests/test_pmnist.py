@@ -81,7 +81,7 @@ def _rows(run_dir: Path) -> list[dict]:
 def test_cli_trains_and_records_a_run(synthetic_mnist, tmp_path):
     run_dir = tmp_path / "run"
     args = [*_small(synthetic_mnist, tmp_path / "data"), "train.epochs=2", "seed=3",
-            f"hydra.run.dir={run_dir}"]
+            "optim.schedule=cosine", "optim.warmup_steps=2", f"hydra.run.dir={run_dir}"]
     result = _run(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -91,6 +91,8 @@ def test_cli_trains_and_records_a_run(synthetic_mnist, tmp_path):
     assert train_nll[-1] < 0.5 * train_nll[0]
     assert test_error[-1] < 0.5  # ten classes: chance is 0.9
     assert len(test_error) == 2  # evaluated at each epoch end
+    rates = [r["train/learning_rate"] for r in rows if "train/learning_rate" in r]
+    assert rates[0] > rates[-1] and all(r["time/elapsed_s"] > 0 for r in rows)
 
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["seed"] == 3 and info["config"]["norm"]["name"] == "layer"
@@ -98,6 +100,22 @@ def test_cli_trains_and_records_a_run(synthetic_mnist, tmp_path):
     np.testing.assert_array_equal(np.load(run_dir / "permutation.npy"), pixel_permutation(3))
     assert any((run_dir / "checkpoints").iterdir())
     assert list(run_dir.rglob("offline-run-*")), "no W&B offline run was written"
+
+    # Evaluation without training, on the checkpoint selected by validation error: the same
+    # numbers as logged at that step, and nothing of the run changed.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    before = sorted((p, p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").rglob("*"))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "experiments.evaluate", str(run_dir),
+                             "--step", "best"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = summary["best/step"]
+    evaluated = json.loads((run_dir / "eval" / f"step_{best}.json").read_text())["results"]
+    logged = next(r for r in rows if r["step"] == best and "validation/error" in r)
+    for key in ("validation/error", "validation/nll", "test/error"):
+        assert evaluated[key] == pytest.approx(logged[key], rel=1e-5)
+    assert sorted((p, p.stat().st_mtime_ns) for p in (run_dir / "checkpoints").rglob("*")) == before
 
 
 def test_cli_sweep_runs_separate_jobs_and_compare_plots_them(synthetic_mnist, tmp_path):
@@ -117,6 +135,21 @@ def test_cli_sweep_runs_separate_jobs_and_compare_plots_them(synthetic_mnist, tm
     assert (out / "fig6.png").stat().st_size > 10_000
     table = (out / "fig6.md").read_text()
     assert "| norm=batch | 1 |" in table and "| norm=none | 1 |" in table
+
+
+def test_cli_tiny_scale_on_the_synthetic_stand_in(tmp_path):
+    """`scale=tiny data.synthetic=true`: the stand-in corpus is written in the IDX format and
+    read through the real builder; the tiny run learns it."""
+    run_dir = tmp_path / "run"
+    result = _run(["+exp=pmnist", "scale=tiny", "data.synthetic=true",
+                   f"data.data_dir={tmp_path / 'data'}", "train.progress=false",
+                   "logger=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "data" / "synthetic").glob("mnist-*/files/*-idx3-ubyte.gz"))
+    rows = _rows(run_dir)
+    assert rows[-1]["step"] == 40
+    errors = [r["validation/error"] for r in rows if "validation/error" in r]
+    assert errors[-1] < 0.5
 
 
 def test_cli_without_experiment_lists_them_and_leaves_nothing(tmp_path):

@@ -96,7 +96,7 @@ def build(conf: RunConfig, run_dir: Path) -> Task:
     def init_fn(model: MLP, first_batch: dict) -> None:
         """Weight norm's data-dependent initialisation, from a fixed slice of training data."""
         del first_batch
-        if norm.name == "weight":
+        if norm.needs_data_init:
             x = next(pipeline("train", conf.model.wn_init_examples, shuffle=True).batches(0))
             norm.data_init(model, model, jnp.asarray(x["image"]))
 

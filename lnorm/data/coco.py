@@ -1,6 +1,6 @@
 """MS-COCO caption/image-feature pairs of the visual-semantic-embedding release (order embeddings).
 
-Input per split (PAPER.md §3): `coco_{split}_caps.txt`, one tokenised caption a line, five
+Input per split (docs/paper.md §5): `coco_{split}_caps.txt`, one tokenised caption a line, five
 consecutive captions per image (caption `c` describes image `c // 5`), and `coco_{split}_ims.npy`,
 float32 `[images, 4096]` VGG19 fc7 10-crop features; splits `train`, `dev`, `test`. The later
 layout without the `coco_` prefix is the same data and is read as well. The prepared splits are

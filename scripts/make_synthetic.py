@@ -2,8 +2,8 @@
 
     python -m scripts.make_synthetic mnist --out /tmp/mnist_synth [--num-examples 2000] [--seed 0]
 
-The files have the exact layout of the real distribution (docs/paper.md §5), so the real builders and
-parsers read them; the content has structure a model can learn, so a trained model must beat
+The files have the exact layout of the real distribution (docs/paper.md §5), so the real builders
+and parsers read them; the content has structure a model can learn, so a trained model must beat
 chance on it. Used by the tests and for demos without the real data.
 """
 

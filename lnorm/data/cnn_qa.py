@@ -1,7 +1,7 @@
 """The CNN cloze question-answering corpus of DeepMind (Hermann et al. 2015), entity-anonymised.
 
-Input (docs/paper.md §5): `cnn/questions/{training,validation,test}/*.question`, one question a file,
-blank-line separated: the article URL, the context, the query with one `@placeholder`, the
+Input (docs/paper.md §5): `cnn/questions/{training,validation,test}/*.question`, one question a
+file, blank-line separated: the article URL, the context, the query with one `@placeholder`, the
 answer (`@entityN`), then one `@entityN:surface name` line per entity. The prepared splits are
 `train`, `validation` and `test`, files in name order.
 

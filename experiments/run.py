@@ -7,6 +7,8 @@ here: everything below receives plain dataclasses.
 from __future__ import annotations
 
 import hashlib
+import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -14,16 +16,20 @@ from types import ModuleType
 from typing import Any
 
 import hydra
+import jax
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import experiments
 from experiments import schema
-from lnorm.logger import RunLogger, WandbConfig
+from lnorm.checkpoint import BEST_DIR, CHECKPOINT_DIR, checkpoint_steps
+from lnorm.data.common import DataError
+from lnorm.logger import METRICS_FILE, SUMMARY_FILE, RunLogger, WandbConfig
 from lnorm.parallel import check_batch_size
-from lnorm.runinfo import write_run_info
-from lnorm.trainer import train
+from lnorm.runinfo import RUN_INFO_FILE, config_changes, read_run_info, write_run_info
+from lnorm.runlock import LOCK_FILE, RunLock, RunLockedError
+from lnorm.trainer import Interrupted, NonFiniteLossError, train
 
 schema.register()
 SUBDIR_CHARS = 80
@@ -70,6 +76,10 @@ def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], M
         raise ConfigError(f"invalid config for experiment {name!r}: {e}") from None
     if conf.scale not in schema.SCALES:
         raise ConfigError(f"scale={conf.scale!r}: expected one of {schema.SCALES}")
+    try:
+        WandbConfig(mode=conf.logger.wandb.mode)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("WandbConfig.mode", "logger.wandb.mode")) from None
     batch_size = getattr(conf.data, "batch_size", None)
     if batch_size is not None:
         try:
@@ -81,32 +91,71 @@ def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], M
 
 def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     """Builds the experiment named by `cfg.name` and trains it in `run_dir` (resuming if the
-    directory already holds a checkpoint). Returns the final metrics."""
+    directory already holds a checkpoint of the same config). Returns the final metrics."""
     conf, resolved, module = resolve(cfg)
     run_dir = Path(run_dir)
-    write_run_info(run_dir, resolved, conf.seed)
-    task = module.build(conf, run_dir)
-    wandb = WandbConfig(
-        mode=conf.logger.wandb.mode,
-        project=conf.logger.wandb.project,
-        entity=conf.logger.wandb.entity,
-        group=conf.name,
-        tags=(f"norm={conf.norm.name}", conf.name, f"scale={conf.scale}"),
-        name=f"{conf.name}-{run_dir.name}",
-    )
-    with RunLogger(run_dir, config=resolved, wandb=wandb) as logger:
-        return train(task, conf.train, run_dir, logger, context=conf)
+    with RunLock(run_dir):
+        steps = checkpoint_steps(run_dir)["last"]
+        previous = read_run_info(run_dir) if steps else None
+        changes = config_changes(previous["config"], resolved) if previous else {}
+        if changes and not conf.force_resume:
+            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            raise ConfigError(
+                f"{run_dir} holds a run (step {steps[-1]}) with a different config: {listed}. "
+                "Resume it with its own config, start a fresh directory, or add "
+                "force_resume=true to continue with the new values (recorded in "
+                "run_info.json)")
+        write_run_info(run_dir, resolved, conf.seed, previous=previous, forced=changes)
+        task = module.build(conf, run_dir)
+        _header(conf, run_dir, steps[-1] if steps else None, task)
+        with RunLogger(run_dir, config=resolved, wandb=_wandb(conf, run_dir)) as logger:
+            return train(task, conf.train, run_dir, logger, context=conf)
+
+
+def _wandb(conf: schema.RunConfig, run_dir: Path) -> WandbConfig:
+    w = conf.logger.wandb
+    return WandbConfig(mode=w.mode, project=w.project, entity=w.entity, group=conf.name,
+                       tags=(f"norm={conf.norm.name}", conf.name, f"scale={conf.scale}"),
+                       name=f"{conf.name}-{run_dir.name}")
+
+
+def _header(conf: schema.RunConfig, run_dir: Path, step: int | None, task: Any) -> None:
+    """What a person needs to know about the run before its progress bar."""
+    devices = jax.devices()
+    start = f"resuming from step {step}" if step else "fresh start"
+    lines = [f"lnorm {conf.name} (scale={conf.scale}, norm={conf.norm.name}, seed={conf.seed})",
+             f"  run dir: {run_dir}",
+             f"  devices: {len(devices)} x {devices[0].device_kind} "
+             f"({jax.process_count()} process(es)); {start}"]
+    if task.data_source:
+        lines.append(f"  data:    {task.data_source}")
+    if jax.process_index() == 0:
+        print("\n".join(lines), flush=True)
+
+
+def _remove_fresh(run_dir: Path) -> None:
+    """Removes what a run that failed before its first checkpoint wrote (the files the
+    project and Hydra put there, nothing else), and the directory once empty."""
+    if not run_dir.is_dir() or checkpoint_steps(run_dir)["last"]:
+        return
+    for name in (RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE, "run.log",
+                 "permutation.npy"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (".hydra", "wandb", CHECKPOINT_DIR, BEST_DIR, "artifacts"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for directory in (run_dir, *run_dir.parents):
+        if directory == Path.cwd() or not directory.exists() or any(directory.iterdir()):
+            break
+        directory.rmdir()
 
 
 def _exit_with(message: str, run_dir: Path | None = None) -> None:
-    """A rejected config never started a run: removes the directories Hydra made for it,
-    prints the error and exits with code 2."""
+    """Prints a one-line error (the traceback with HYDRA_FULL_ERROR=1 or --debug), removes
+    what a run that never got going wrote, and exits with code 2."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise
     if run_dir is not None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in run_dir.parents:
-            if parent == Path.cwd() or not parent.exists() or any(parent.iterdir()):
-                break
-            parent.rmdir()
+        _remove_fresh(run_dir)
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -132,12 +181,24 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = run(cfg, run_dir)
-    except (experiments.UnknownExperimentError, ConfigError) as e:
-        _exit_with(str(e), run_dir)
+    except Interrupted as e:
+        command = " ".join(shlex.quote(a) for a in [
+            "python", "-m", "experiments.run", *HydraConfig.get().overrides.task,
+            f"hydra.run.dir={run_dir}"])
+        print(f"\n{e}.\nResume with: {command}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (experiments.UnknownExperimentError, ConfigError, DataError, RunLockedError) as e:
+        _exit_with(str(e), None if isinstance(e, RunLockedError) else run_dir)
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 
 
 if __name__ == "__main__":
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         precheck(sys.argv[1:])
     except (experiments.UnknownExperimentError, ConfigError) as e:

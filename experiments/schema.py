@@ -44,6 +44,7 @@ class RunConfig:
     name: str | None = None  # set by configs/exp/NAME.yaml
     scale: str = "paper"  # paper | small | tiny (configs/scale, configs/exp/NAME/SCALE.yaml)
     seed: int = 0
+    force_resume: bool = False  # resume a run directory even though defining keys changed
     norm: NormSpec = field(default_factory=NormSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)

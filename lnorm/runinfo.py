@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import socket
@@ -57,10 +58,54 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def write_run_info(run_dir: str | os.PathLike, config: Mapping[str, Any], seed: int) -> Path:
+# Config keys a resumed run may change: how long it runs, how often it logs, evaluates and
+# saves, where data and logs go. Every other key defines the run (`config_changes`).
+RESUMABLE_KEYS = (
+    "train.steps", "train.epochs", "train.progress", "train.log_every", "train.eval_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.early_stop_patience",
+    "logger.", "data.data_dir", "data.manual_dir", "force_resume",
+)
+MIRRORED_KEYS = ("train.seed", "train.optim.")  # interpolated from `seed` and `optim`
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
+                   resumable: tuple[str, ...] = RESUMABLE_KEYS) -> dict[str, list]:
+    """The keys defining a run whose values differ: `{key: [old, new]}`."""
+    a, b = flatten(old), flatten(new)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith((*resumable, *MIRRORED_KEYS))}
+
+
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(run_dir) / RUN_INFO_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_run_info(run_dir: str | os.PathLike, config: Mapping[str, Any], seed: int, *,
+                   previous: Mapping[str, Any] | None = None,
+                   forced: Mapping[str, list] | None = None) -> Path:
     """Writes `run_dir/run_info.json` atomically: resolved config, seed, versions, devices,
-    host, command line and git commit. Returns its path."""
+    host, command line and git commit. On a resume, `previous` (the run's earlier record)
+    moves into `history`, with the defining keys a forced resume changed (`forced`).
+    Returns its path."""
     devices = jax.devices()
+    history = []
+    if previous is not None:
+        history = [*previous.get("history", []),
+                   {k: previous.get(k) for k in ("time", "command", "git", "hostname")}]
+        if forced:
+            history[-1]["forced_changes"] = dict(forced)
     info = {
         "config": dict(config),
         "seed": int(seed),
@@ -77,6 +122,7 @@ def write_run_info(run_dir: str | os.PathLike, config: Mapping[str, Any], seed: 
         "cwd": os.getcwd(),
         "git": git_state(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "history": history,
     }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

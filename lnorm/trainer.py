@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from lnorm.checkpoint import BEST_DIR, CHECKPOINT_DIR, Checkpointer
 from lnorm.logger import RunLogger
 from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from lnorm.parallel import DataParallel
+from lnorm.runlock import RunLock
 
 SELECT_MODES = ("min", "max")
 TIME_KEY = "time/elapsed_s"
@@ -114,6 +117,8 @@ class Task:
       without "/" is logged as "<evaluator name>/<metric>".
     - `init_fn(model, first_batch)`: run once before the first step of a fresh run (e.g.
       weight-norm data-dependent init), not on resume.
+    - `data_source`: one line saying which data the run reads (real files and where, or a
+      synthetic stand-in).
     """
 
     model: nnx.Module
@@ -122,6 +127,7 @@ class Task:
     steps_per_epoch: int
     evaluators: dict[str, Evaluator | Callable] = field(default_factory=dict)
     init_fn: Callable[[nnx.Module, Any], None] | None = None
+    data_source: str = ""  # what data the run reads, for the run's header line
 
     def __post_init__(self) -> None:
         self.evaluators = {name: e if isinstance(e, Evaluator) else Evaluator(e)
@@ -136,6 +142,57 @@ class NonFiniteLossError(RuntimeError):
         where = (f"the last good checkpoint is step {last_checkpoint} in {directory}; re-running "
                  "resumes from it" if last_checkpoint is not None else "no checkpoint was saved")
         super().__init__(f"non-finite loss at step {step}: training stopped ({where})")
+
+
+class NonFiniteStateError(NonFiniteLossError):
+    """The parameters or optimiser state became NaN or inf (with a finite loss); the run
+    stopped without checkpointing them."""
+
+    def __init__(self, step: int, last_checkpoint: int | None, directory: Path) -> None:
+        super().__init__(step, last_checkpoint, directory)
+        self.args = (str(self.args[0]).replace("non-finite loss", "non-finite parameters or "
+                                               "optimiser state", 1),)
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after its current compiled call; the state at `step`
+    was checkpointed, so re-running the same command resumes from it."""
+
+    def __init__(self, signum: int, step: int, directory: Path) -> None:
+        self.signum, self.step, self.directory = signum, step, directory
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}) at step {step}; checkpoint saved in {directory}")
+
+
+class _StopRequest:
+    """Turns the first SIGINT/SIGTERM into a request that the loop honours after the current
+    compiled call (a second one interrupts at once). Installed only in the main thread."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+        for number, handler in self._previous.items():  # a second signal: the usual behaviour
+            signal.signal(number, handler)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -214,6 +271,8 @@ class _Run:
             metrics={}, elapsed=0.0, best=None, best_step=None, best_results={}, since_best=0,
             stopped_early=False)
         self.batches: Iterator[Any] | None = None
+        self.stop = _StopRequest()
+        self.bar_values: dict[str, str] = {}
         self.periodic = {n: e for n, e in task.evaluators.items() if not e.final}
 
     @property
@@ -345,6 +404,10 @@ class _Run:
                     self._sync(end, bar)
                     if self.progress["stopped_early"]:
                         break
+                if self.stop.signal is not None and self.step < self.total:
+                    if self.ckpt.latest_step() != self.step:
+                        self._save(self.step, self.carry)
+                    raise Interrupted(self.stop.signal, self.step, self.ckpt.directory)
         return dict(self.latest)
 
     def _sync(self, step: int, bar: tqdm) -> None:
@@ -361,7 +424,7 @@ class _Run:
             means["train/learning_rate"] = float(self.schedule(step - 1))
             self.logger.log(step, {**stamp, **means})
             self.latest.update(means)
-            bar.set_postfix(loss=f"{means['train/loss']:.4g}")
+            self._postfix(bar, epoch=f"{stamp['epoch']:.2f}", loss=f"{means['train/loss']:.4g}")
             if step % c.log_every == 0:
                 carry["acc"] = self._zero_acc()
                 self._set_carry(carry)
@@ -371,13 +434,31 @@ class _Run:
             self.logger.log(step, {**stamp, **results})
             self.latest.update(results)
             self._select(step, results)
+            if c.progress:
+                bar.write(f"step {step} (epoch {stamp['epoch']:.2f}): " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in results.items()))
+                if c.select_metric in results:
+                    self._postfix(bar, **{c.select_metric: f"{results[c.select_metric]:.4g}"})
         stop = self.progress["stopped_early"]
         if step % c.checkpoint_every == 0 or step == self.total or stop:
-            self.ckpt.save(step, model=dict(params=carry["params"], rest=carry["rest"]),
-                           train=dict(opt_state=carry["opt_state"], acc=carry["acc"],
-                                      step=jnp.int32(step)),
-                           meta={"step": step, "progress": self.progress})
+            self._save(step, carry)
         self._clock = time.perf_counter()
+
+    def _save(self, step: int, carry: dict[str, Any]) -> None:
+        """Checkpoints the state at `step`, refusing a non-finite one: a checkpoint is what a
+        re-run resumes from, so it must stay good."""
+        state = (carry["params"], carry["rest"], carry["opt_state"])
+        if not bool(_all_finite(state)):
+            raise NonFiniteStateError(step, self.ckpt.latest_step(), self.ckpt.directory)
+        self.ckpt.save(step, model=dict(params=carry["params"], rest=carry["rest"]),
+                       train=dict(opt_state=carry["opt_state"], acc=carry["acc"],
+                                  step=jnp.int32(step)),
+                       meta={"step": step, "progress": self.progress})
+
+    def _postfix(self, bar: tqdm, **values: str) -> None:
+        """The bar's tail: epoch, the latest train loss and selected validation metric."""
+        self.bar_values.update(values)
+        bar.set_postfix(self.bar_values)
 
     def _select(self, step: int, results: dict[str, float]) -> None:
         """Keeps the best checkpoint by `select_metric` and counts evaluations for early
@@ -498,6 +579,8 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, logger: RunLogge
     run = None
     try:
         with contextlib.ExitStack() as stack:
+            if jax.process_index() == 0:
+                stack.enter_context(RunLock(run_dir))
             ckpt = stack.enter_context(
                 Checkpointer(run_dir / CHECKPOINT_DIR, keep=config.keep_checkpoints))
             best_ckpt = None
@@ -512,11 +595,14 @@ def train(task: Task, config: TrainConfig, run_dir: str | Path, logger: RunLogge
             if finished and logger.summary_exists():
                 return _finished(task, ckpt, best_ckpt, logger)
             if not finished:
+                if latest == 0:  # a fresh start: nothing an earlier attempt logged is kept
+                    logger.truncate(lambda r: False)
                 run = _Run(task, config, logger, ckpt, best_ckpt,
                            parallel if parallel is not None else DataParallel(), run_dir,
                            context)
                 run.start(latest)
-                run.run()
+                with run.stop:
+                    run.run()
                 nnx.update(task.model, run.carry["params"], run.carry["rest"])
                 run = None
             # A finished run whose summary is missing evaluates again: drop what an earlier

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -22,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from flax import nnx
     from lnorm.logger import RunLogger
     from lnorm.norms import NormedDense
-    from lnorm.trainer import Task, TrainConfig, train
+    from lnorm.trainer import Interrupted, Task, TrainConfig, train
 
     class Net(nnx.Module):
         def __init__(self, rngs):
@@ -48,19 +49,23 @@ SCRIPT = textwrap.dedent(
 
     task = Task(model=Net(nnx.Rngs(0)), loss_fn=loss_fn, train_batches=batches,
                 steps_per_epoch=8)
-    config = TrainConfig(steps=24, log_every=3, checkpoint_every=4, steps_per_call=2,
-                         progress=False)
+    config = TrainConfig(steps=24, log_every=3, checkpoint_every=int(sys.argv[3]),
+                         steps_per_call=2, progress=False)
     with RunLogger(sys.argv[1], config={}, wandb=None) as logger:
-        train(task, config, sys.argv[1], logger)
+        try:
+            train(task, config, sys.argv[1], logger)
+        except Interrupted as e:
+            print(f"STOPPED {e.step}", flush=True)
+            sys.exit(3)
     """
 )
 
 
-def _start(run_dir: Path, delay: float) -> subprocess.Popen:
+def _start(run_dir: Path, delay: float, checkpoint_every: int = 4) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(run_dir), str(delay)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", SCRIPT, str(run_dir), str(delay), str(checkpoint_every)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
@@ -76,9 +81,37 @@ def _steps_checkpointed(run_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
 
 
-def test_sigkill_then_rerun_equals_uninterrupted(tmp_path):
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    _finish(_start(reference, 0.0))
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("reference")
+    _finish(_start(run_dir, 0.0))
+    return run_dir
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_equals_uninterrupted(reference, tmp_path,
+                                                                   signum):
+    """No regular checkpoint before the end (checkpoint_every=1000): Ctrl-C or a preemption's
+    SIGTERM mid-run saves the state at the step it stopped at; the re-run resumes from there
+    and ends exactly as an uninterrupted run."""
+    proc = _start(tmp_path, 0.05, checkpoint_every=1000)
+    deadline = time.monotonic() + 240
+    metrics = tmp_path / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err[-3000:]
+    stopped = int(out.split("STOPPED ")[1])
+    assert 0 < stopped < 24 and _steps_checkpointed(tmp_path) == [stopped]
+    _finish(_start(tmp_path, 0.0, checkpoint_every=1000))
+    assert _timeless(tmp_path) == _timeless(reference)
+
+
+def test_sigkill_then_rerun_equals_uninterrupted(reference, tmp_path):
+    killed = tmp_path / "killed"
 
     rng = np.random.default_rng(1)
     for kill_after in (8, 16):  # two kills, at different points of the run

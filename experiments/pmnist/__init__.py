@@ -25,7 +25,7 @@ from flax import nnx
 from experiments.pmnist.model import MLP
 from experiments.pmnist.objective import loss_fn, metric_sums
 from experiments.schema import RunConfig
-from lnorm.data.common import synthetic_corpus
+from lnorm.data.common import data_root, synthetic_corpus
 from lnorm.data.mnist import load_mnist, pixel_permutation, write_synthetic
 from lnorm.data.pipeline import Pipeline
 from lnorm.metrics import evaluate
@@ -57,19 +57,22 @@ def _save_permutation(run_dir: Path, perm: np.ndarray) -> None:
     os.replace(tmp, run_dir / "permutation.npy")
 
 
-def _sources(data: DataConfig) -> dict:
+def _sources(data: DataConfig) -> tuple[dict, str]:
+    """The three splits in memory, and a line saying where they come from."""
     if not data.synthetic:
-        return load_mnist(data.data_dir, manual_dir=data.manual_dir,
-                          validation_size=data.validation_size, verify_md5=data.verify_md5)
+        sources = load_mnist(data.data_dir, manual_dir=data.manual_dir,
+                             validation_size=data.validation_size, verify_md5=data.verify_md5)
+        return sources, f"MNIST (prepared under {data_root(data.data_dir)})"
     files, prepared = synthetic_corpus(data.data_dir, "mnist", write_synthetic,
                                        num_examples=data.synthetic_size)
-    return load_mnist(prepared, manual_dir=files, verify_md5=False,
-                      validation_size=min(data.validation_size, data.synthetic_size // 10))
+    sources = load_mnist(prepared, manual_dir=files, verify_md5=False,
+                         validation_size=min(data.validation_size, data.synthetic_size // 10))
+    return sources, f"synthetic stand-in (class prototypes + noise, IDX files in {files})"
 
 
 def build(conf: RunConfig, run_dir: Path) -> Task:
     data: DataConfig = conf.data
-    sources = _sources(data)
+    sources, data_source = _sources(data)
     perm = pixel_permutation(conf.seed)
     _save_permutation(run_dir, perm)
 
@@ -107,4 +110,5 @@ def build(conf: RunConfig, run_dir: Path) -> Task:
         steps_per_epoch=len(train_pipe),
         evaluators={"validation": evaluator("validation"), "test": evaluator("test")},
         init_fn=init_fn,
+        data_source=data_source,
     )

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from lnorm.logger import METRICS_FILE, read_metrics
-from lnorm.runinfo import RUN_INFO_FILE
+from lnorm.runinfo import RUN_INFO_FILE, flatten
 
 # Keys that never tell runs apart: seeds, and settings that do not change the numbers.
 IGNORED = (
@@ -163,17 +163,6 @@ def _hashable(v: Any) -> Any:
     return v
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{"norm": {"name": "layer"}}` -> `{"norm.name": "layer"}`; lists become tuples."""
-    flat: dict[str, Any] = {}
-    for k, v in config.items():
-        if isinstance(v, Mapping) and v:
-            flat.update(flatten(v, f"{prefix}{k}."))
-        else:
-            flat[f"{prefix}{k}"] = _hashable(v)
-    return flat
-
-
 def fmt_value(v: Any) -> str:
     """A config value as the command line writes it: layer, 4, 1e-05, null, true."""
     return v if isinstance(v, str) else json.dumps(v)
@@ -262,7 +251,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise CompareError(f"{info_path}: unreadable run info ({e})") from None
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise CompareError(f"{info_path}: expected an object with a 'config' object")
-    config = flatten(info["config"])
+    config = {k: _hashable(v) for k, v in flatten(info["config"]).items()}
     seed = info.get("seed", config.get("seed"))
     if seed is not None and not _is_number(seed):
         raise CompareError(f"{info_path}: seed {seed!r} is not a number")

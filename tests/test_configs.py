@@ -128,3 +128,15 @@ def test_sweep_files_define_grids(sweep):
     assert params, sweep
     for key in params:  # every swept key exists in the experiment's config
         assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_sweep_job_directories_stay_short_and_unique():
+    from experiments.run import SUBDIR_CHARS, short_name
+
+    long_a = ",".join(f"data.option_{i}=/a/very/long/path/{i}" for i in range(20))
+    long_b = long_a.replace("option_19", "option_XX")
+    assert short_name("norm=layer,seed=1") == "norm=layer,seed=1"
+    assert len(short_name(long_a)) == SUBDIR_CHARS and "/" not in short_name(long_a)
+    assert short_name(long_a) != short_name(long_b)
+    cfg = _compose("+exp=pmnist", hydra=True)
+    assert "short_name" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]

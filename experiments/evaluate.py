@@ -23,10 +23,8 @@ import experiments
 from experiments.run import ConfigError, resolve
 from lnorm.checkpoint import checkpoint_steps, load_model
 from lnorm.logger import write_json_atomic
-from lnorm.runinfo import RUN_INFO_FILE
+from lnorm.runinfo import EVAL_DIR, RUN_INFO_FILE
 from lnorm.trainer import Evaluator, run_evaluators
-
-EVAL_DIR = "eval"
 
 
 def _steps(run_dir: Path, step: str) -> list[int | str]:

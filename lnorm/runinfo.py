@@ -19,6 +19,7 @@ import jax
 from lnorm.logger import write_json_atomic
 
 RUN_INFO_FILE = "run_info.json"
+EVAL_DIR = "eval"  # experiments.evaluate's results: eval/step_<N>.json
 PACKAGES = (
     "lnorm", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "grain",
     "tensorflow-datasets", "array-record", "hydra-core", "omegaconf", "wandb",

@@ -1,8 +1,10 @@
 """Compare the logged curves of any sweep: `python -m scripts.compare RUN_OR_SWEEP_DIR ...`.
 
 Reads each run's `metrics.jsonl` (through `lnorm.logger.read_metrics`: a line cut off by a
-killed run is dropped with a warning) and `run_info.json`, then writes `<out>/<name>.png` and
-`<out>/<name>.md` (each via a temporary file and a rename). No network, no W&B.
+killed run is dropped with a warning), the evaluations of its saved checkpoints that
+`experiments.evaluate` wrote (`eval/step_N.json`) and `run_info.json`, then writes
+`<out>/<name>.png` and `<out>/<name>.md` (each via a temporary file and a rename). No network,
+no W&B.
 
 Grouping. The resolved configs are flattened to dotted keys; the keys whose values differ
 between runs (bookkeeping keys and seeds excluded, see IGNORED; a key that merely repeats
@@ -53,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from lnorm.logger import METRICS_FILE, read_metrics
-from lnorm.runinfo import RUN_INFO_FILE, flatten
+from lnorm.runinfo import EVAL_DIR, RUN_INFO_FILE, flatten
 
 # Keys that never tell runs apart: seeds, and settings that do not change the numbers.
 IGNORED = (
@@ -255,9 +257,23 @@ def load_run(path: str | os.PathLike) -> Run:
     seed = info.get("seed", config.get("seed"))
     if seed is not None and not _is_number(seed):
         raise CompareError(f"{info_path}: seed {seed!r} is not a number")
-    records = [r for r in read_metrics(path / METRICS_FILE)
+    records = [r for r in read_metrics(path / METRICS_FILE) + _evaluations(path)
                if isinstance(r, dict) and _is_number(r.get("step"))]
     return Run(path=path, config=config, seed=seed, records=records)
+
+
+def _evaluations(path: Path) -> list[dict[str, Any]]:
+    """What `python -m experiments.evaluate RUN --step ...` wrote (`eval/step_N.json`), as
+    records at their steps: heavy evaluations of saved checkpoints (e.g. SentEval scores
+    against training iterations, the paper's Fig. 3)."""
+    records = []
+    for file in sorted((path / EVAL_DIR).glob("step_*.json")):
+        try:
+            saved = json.loads(file.read_text())
+            records.append({"step": saved["step"], **saved["results"]})
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            warnings.warn(f"{file}: unreadable evaluation ({e}); skipped", stacklevel=2)
+    return records
 
 
 def _ignored(key: str, patterns: Sequence[str]) -> bool:

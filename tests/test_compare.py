@@ -204,3 +204,20 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, case):
     if case == "unknown_metric":
         assert "test/nope" in err and "validation/error" in err and "train/loss" in err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_saved_checkpoint_evaluations_are_curves(tmp_path):
+    """`experiments.evaluate RUN --step all` writes eval/step_N.json: compare plots them
+    against the step (the paper's Fig. 3: downstream scores against iterations)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_info.json").write_text(json.dumps({"config": {"norm": {"name": "layer"}},
+                                                   "seed": 0}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "train/loss": 1.0}) + "\n")
+    (run / "eval").mkdir()
+    for step, acc in ((10, 60.0), (20, 70.0)):
+        (run / "eval" / f"step_{step}.json").write_text(json.dumps(
+            {"step": step, "requested": "all", "results": {"senteval/MR/accuracy": acc}}))
+    loaded = compare.load_run(run)
+    assert [(r["step"], r["senteval/MR/accuracy"]) for r in loaded.records
+            if "senteval/MR/accuracy" in r] == [(10, 60.0), (20, 70.0)]

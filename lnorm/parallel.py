@@ -40,6 +40,15 @@ def check_batch_size(batch_size: int, key: str = "batch_size") -> None:
                          f"of {devices}")
 
 
+def _global_replica(sharding: NamedSharding, x: Any) -> jax.Array:
+    """A global array replicated over every process's devices from this process's equal copy
+    (`device_put` of a process-local jax.Array onto another process's devices is not defined)."""
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        data = _global_replica(sharding, jax.random.key_data(x))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 class DataParallel:
     """Places a training state (replicated) and batches (sharded) on a 1-D "data" mesh.
 
@@ -75,7 +84,10 @@ class DataParallel:
         and the training state must hit the same entry fresh, after a step and restored."""
         if self.mesh is None:
             return jax.device_put(tree, self.devices[0])
-        return jax.device_put(tree, NamedSharding(self.mesh, PartitionSpec()))
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        if jax.process_count() > 1:  # every process holds the same values: build global arrays
+            return jax.tree.map(lambda x: _global_replica(sharding, x), tree)
+        return jax.device_put(tree, sharding)
 
     def shard(self, batch: Any, *, axis: int = 0) -> Any:
         """Splits every array of `batch` along `axis` (the batch axis) over the devices; on one

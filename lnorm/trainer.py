@@ -336,7 +336,7 @@ class _Run:
         carry = self.carry
         out = self.ckpt.restore(
             step, model=dict(params=carry["params"], rest=carry["rest"]),
-            train=dict(opt_state=carry["opt_state"], acc=carry["acc"], step=jnp.int32(0)))
+            train=dict(opt_state=carry["opt_state"], acc=carry["acc"]))
         self._set_carry(dict(carry, **out["model"], opt_state=out["train"]["opt_state"],
                              acc=out["train"]["acc"]))
         self.progress.update(out["meta"]["progress"])
@@ -451,8 +451,7 @@ class _Run:
         if not bool(_all_finite(state)):
             raise NonFiniteStateError(step, self.ckpt.latest_step(), self.ckpt.directory)
         self.ckpt.save(step, model=dict(params=carry["params"], rest=carry["rest"]),
-                       train=dict(opt_state=carry["opt_state"], acc=carry["acc"],
-                                  step=jnp.int32(step)),
+                       train=dict(opt_state=carry["opt_state"], acc=carry["acc"]),
                        meta={"step": step, "progress": self.progress})
 
     def _postfix(self, bar: tqdm, **values: str) -> None:

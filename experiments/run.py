@@ -23,9 +23,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 import experiments
 from experiments import schema
-from lnorm.checkpoint import BEST_DIR, CHECKPOINT_DIR, checkpoint_steps
+from lnorm.checkpoint import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CheckpointMismatchError,
+    DamagedCheckpointError,
+    checkpoint_steps,
+)
 from lnorm.data.common import DataError
-from lnorm.logger import METRICS_FILE, SUMMARY_FILE, RunLogger, WandbConfig
+from lnorm.logger import METRICS_FILE, SUMMARY_FILE, WANDB_ID_FILE, RunLogger, WandbConfig
 from lnorm.parallel import check_batch_size
 from lnorm.runinfo import RUN_INFO_FILE, config_changes, read_run_info, write_run_info
 from lnorm.runlock import LOCK_FILE, RunLock, RunLockedError
@@ -77,9 +83,9 @@ def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], M
     if conf.scale not in schema.SCALES:
         raise ConfigError(f"scale={conf.scale!r}: expected one of {schema.SCALES}")
     try:
-        WandbConfig(mode=conf.logger.wandb.mode)
+        WandbConfig(mode=conf.logger.wandb.mode, init_timeout_s=conf.logger.wandb.init_timeout_s)
     except ValueError as e:
-        raise ConfigError(str(e).replace("WandbConfig.mode", "logger.wandb.mode")) from None
+        raise ConfigError(str(e).replace("WandbConfig.", "logger.wandb.")) from None
     batch_size = getattr(conf.data, "batch_size", None)
     if batch_size is not None:
         try:
@@ -106,6 +112,8 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
                 "force_resume=true to continue with the new values (recorded in "
                 "run_info.json)")
         write_run_info(run_dir, resolved, conf.seed, previous=previous, forced=changes)
+        if not steps:  # a fresh start is a new W&B run, not the continuation of an old one
+            (run_dir / WANDB_ID_FILE).unlink(missing_ok=True)
         task = module.build(conf, run_dir)
         _header(conf, run_dir, steps[-1] if steps else None, task)
         with RunLogger(run_dir, config=resolved, wandb=_wandb(conf, run_dir)) as logger:
@@ -115,6 +123,7 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
 def _wandb(conf: schema.RunConfig, run_dir: Path) -> WandbConfig:
     w = conf.logger.wandb
     return WandbConfig(mode=w.mode, project=w.project, entity=w.entity, group=conf.name,
+                       init_timeout_s=w.init_timeout_s,
                        tags=(f"norm={conf.norm.name}", conf.name, f"scale={conf.scale}"),
                        name=f"{conf.name}-{run_dir.name}")
 
@@ -138,7 +147,7 @@ def _remove_fresh(run_dir: Path) -> None:
     project and Hydra put there, nothing else), and the directory once empty."""
     if not run_dir.is_dir() or checkpoint_steps(run_dir)["last"]:
         return
-    for name in (RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE, "run.log",
+    for name in (RUN_INFO_FILE, METRICS_FILE, SUMMARY_FILE, LOCK_FILE, WANDB_ID_FILE, "run.log",
                  "permutation.npy"):
         (run_dir / name).unlink(missing_ok=True)
     for name in (".hydra", "wandb", CHECKPOINT_DIR, BEST_DIR, "artifacts"):
@@ -190,7 +199,8 @@ def main(cfg: DictConfig) -> None:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except (experiments.UnknownExperimentError, ConfigError, DataError, RunLockedError) as e:
+    except (experiments.UnknownExperimentError, ConfigError, DataError, RunLockedError,
+            DamagedCheckpointError, CheckpointMismatchError) as e:
         _exit_with(str(e), None if isinstance(e, RunLockedError) else run_dir)
     print("final metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
 

@@ -24,6 +24,7 @@ class WandbSection:
     mode: str = "offline"  # offline | online | disabled
     project: str = "lnorm"
     entity: str | None = None
+    init_timeout_s: float = 20.0  # online: how long to wait for the server before going on
 
 
 @dataclass

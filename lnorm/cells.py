@@ -150,7 +150,7 @@ class _Projection(nnx.Module):
         return [_normalize(n, p, t, mask) for n, p in zip(self.norms, parts, strict=True)]
 
 
-# --- the LSTM recurrence with a hand-written VJP --------------------------------------------------
+# --- the LSTM and GRU recurrences with a hand-written VJP -----------------------------------------
 #
 # Autodiff of `lax.scan` saves a dozen or more per-step intermediates (each a [T, B, .] stack
 # written slice by slice) and adds `h_{t-1}^T dz_t` into the full [H, 4H] `W_h` gradient at
@@ -162,6 +162,7 @@ class _Projection(nnx.Module):
 # stack outside the loop, its forward and backward passes cost more than the loop's LN work.
 # A normaliser here is `None` (identity) or `(epsilon, center)` for `lnorm.norms`' layer/RMS
 # norm, whose closed-form pieces it reuses; its statistics are `(mean, 1/sigma)` per row.
+# `_gru_scan` is the same design for the GRU (see there).
 
 NormConfig = tuple[float, bool] | None
 
@@ -271,7 +272,7 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
         da, drec = _norm_bwd(rec_config, a_t, rec_params, a_stats, dz)
         dh_prev, dc_prev = da @ w_h.T, dc_new * sf
         if m is not None:
-            dh_prev = dh_prev + jnp.where(keep, 0, dh)
+            dh_prev = dh_prev + jnp.where(keep, 0, dh + dh_out)  # held: h_prev was output
             dc_prev = dc_prev + jnp.where(keep, 0, dc)
         # Parameter gradients are summed here, where the rows are in cache: as reductions over
         # [T, B, .] stacks after the loop they cost more than the whole loop (XLA:CPU).
@@ -296,8 +297,120 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
+# The GRU's recurrent term is one matmul `a_t = h_{t-1} [W_h | U] (+ b)`, [B, 3H]; its input term
+# `x_t [W_x | W] (+ b)` is hoisted out of the loop. Each is split into a gate part (2H) and a
+# candidate part (H) with a normaliser of its own: four normalisers, ordered as `GRUCell` holds
+# them, `(N_x, N_w, N_h, N_u)`. The loops save `h_t`, `a_t` and the four normalisers' per-row
+# statistics; `dW_h = H_prev^T dA` is one matmul after the backward loop. The recurrent linear
+# map's bias (the plain GRU's `b_h`, `b_u`; `b_u` is inside the reset gate's product) is summed
+# in the backward loop like the normalisers' parameters.
+
+
+def _gru_terms(gx: Array, a: Array) -> tuple[Array, Array, Array, Array]:
+    """The raw terms `(W_x x, W x, W_h h, U h)` in the order of the normalisers."""
+    hid = a.shape[-1] // 3
+    return gx[..., : 2 * hid], gx[..., 2 * hid :], a[..., : 2 * hid], a[..., 2 * hid :]
+
+
+def _gru_update(normed: Sequence[Array], h_prev: Array) -> tuple[Array, tuple[Array, ...]]:
+    """`h_t` from the four normalised terms, and the activations `(z, r, candidate)`."""
+    x_gate, x_cand, h_gate, h_cand = normed
+    z, r = jnp.split(jax.nn.sigmoid(x_gate + h_gate), 2, axis=-1)
+    candidate = jnp.tanh(x_cand + r * h_cand)
+    return h_prev + z * (candidate - h_prev), (z, r, candidate)
+
+
+def _gru_forward(w_h, configs, params, gx, mask, h0, unroll):
+    """Scans the recurrence; returns the final `h` and, stacked over time, `h_t`, `a_t` and
+    the four normalisers' statistics."""
+    *norm_params, rec_bias = params
+
+    def body(h_prev, inputs):
+        gx_t, m = inputs
+        a = h_prev @ w_h if rec_bias is None else h_prev @ w_h + rec_bias
+        normed, stats = zip(
+            *(
+                _norm_fwd(v, p, c)
+                for v, p, c in zip(_gru_terms(gx_t, a), norm_params, configs, strict=True)
+            ),
+            strict=True,
+        )
+        h, _ = _gru_update(normed, h_prev)
+        if m is not None:
+            h = jnp.where(m[:, None], h, h_prev)
+        return h, (h, a, stats)
+
+    return jax.lax.scan(body, h0, (gx, mask), unroll=unroll)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 5))
+def _gru_scan(w_h, configs, params, gx, mask, unroll, h0):
+    """`(hs[T, B, H], h_T)`: the paper's GRU over the raw input term `gx[T, B, 3H]`.
+
+    `w_h = [W_h | U]` is `[H, 3H]`; `configs` and `params[:4]` are those of the normalisers
+    `(N_x, N_w, N_h, N_u)` (`(scale, bias)` each, `()` for the identity), `params[4]` the
+    recurrent linear map's bias or None. `mask[T, B]` (or None) marks the valid steps, where
+    the state advances; elsewhere it is held. `hs` is the state at every step.
+    """
+    final, (hs, _, _) = _gru_forward(w_h, configs, params, gx, mask, h0, unroll)
+    return hs, final
+
+
+def _gru_scan_fwd(w_h, configs, params, gx, mask, unroll, h0):
+    final, saved = _gru_forward(w_h, configs, params, gx, mask, h0, unroll)
+    return (saved[0], final), (w_h, params, gx, mask, h0, saved)
+
+
+def _gru_scan_bwd(configs, unroll, res, cotangents):
+    w_h, params, gx, mask, h0, (hs, a, stats) = res
+    *norm_params, rec_bias = params
+    dhs, dh_final = cotangents
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+
+    def body(carry, inputs):
+        dh, dparams = carry
+        gx_t, a_t, h_prev_t, stats_t, dh_out, m = inputs
+        terms = _gru_terms(gx_t, a_t)
+        normed = [_norm_apply(v, p, s) for v, p, s in zip(terms, norm_params, stats_t, strict=True)]
+        _, (z, r, candidate) = _gru_update(normed, h_prev_t)
+        dh_total = dh + dh_out  # `hs[t]` is the state itself
+        dh_new = dh_total if m is None else jnp.where(m[:, None], dh_total, 0)
+        dcand = dh_new * z * (1 - candidate * candidate)
+        dgate = jnp.concatenate(
+            [dh_new * (candidate - h_prev_t) * z * (1 - z), dcand * normed[3] * r * (1 - r)],
+            axis=-1,
+        )
+        (dx_gate, g_xg), (dx_cand, g_xc), (dh_gate, g_hg), (dh_cand, g_hc) = (
+            _norm_bwd(c, v, p, s, d)
+            for c, v, p, s, d in zip(
+                configs, terms, norm_params, stats_t, (dgate, dcand, dgate, dcand * r), strict=True
+            )
+        )
+        da = jnp.concatenate([dh_gate, dh_cand], axis=-1)
+        dh_prev = dh_new * (1 - z) + da @ w_h.T
+        if m is not None:  # a held state passes its gradient straight through
+            dh_prev = dh_prev + jnp.where(m[:, None], 0, dh_total)
+        step_grads = (g_xg, g_xc, g_hg, g_hc, None if rec_bias is None else jnp.sum(da, axis=0))
+        dparams = jax.tree.map(jnp.add, dparams, step_grads)
+        return (dh_prev, dparams), (jnp.concatenate([dx_gate, dx_cand], axis=-1), da)
+
+    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    (dh0, dparams), (dgx, da) = jax.lax.scan(
+        body,
+        (dh_final, zero_grads),
+        (gx, a, h_prev, stats, dhs, mask),
+        reverse=True,
+        unroll=unroll,
+    )
+    dw_h = jnp.einsum("tbh,tbg->hg", h_prev, da)
+    return dw_h, dparams, dgx, None, dh0
+
+
+_gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
+
+
 def _fused_norm(norm: nnx.Module) -> tuple[tuple, NormConfig] | None:
-    """(params, config) of a normaliser `_lstm_scan` handles (identity, layer, RMS), else None."""
+    """(params, config) of a normaliser the fused scans handle (identity, layer, RMS), else None."""
     if isinstance(norm, Identity):
         return (), None
     if isinstance(norm, LayerNorm | RMSNorm) and norm.dtype is None:
@@ -550,6 +663,39 @@ class GRUCell(nnx.Module):
             candidate = jnp.tanh(cx + uh)
         h = (1.0 - z) * h + z * candidate
         return h, h
+
+    @property
+    def has_fused_scan(self) -> bool:
+        """Whether `scan` applies: plain, LN and RMS cells of `variant="paper"`."""
+        return (
+            self.variant == "paper"
+            and type(self.recurrent_proj.dense) is nnx.Linear
+            and all(_fused_norm(n) is not None for n in self._fused_norms())
+        )
+
+    def _fused_norms(self) -> tuple[nnx.Module, ...]:
+        return (*self.input_proj.norms, *self.recurrent_proj.norms)
+
+    def scan(
+        self, h: Array, x: Array, *, mask: Array | None = None, unroll: int = 1
+    ) -> tuple[Array, Array]:
+        """The cell over a whole sequence `x[T, B, F]`, with a hand-written gradient.
+
+        Equals calling the cell at every step (`[W_x | W] x` is one matmul for all steps; its
+        normalisers run inside the loop). Returns the state at every step `[T, B, H]` and the
+        final state; where `mask[T, B]` is False the state is held. Needs `has_fused_scan`.
+        """
+        if not self.has_fused_scan:
+            raise ValueError(
+                "GRUCell.scan handles norm='none'|'layer'|'rms' with variant='paper'; "
+                "run other cells step by step"
+            )
+        params, configs = zip(*(_fused_norm(n) for n in self._fused_norms()), strict=True)
+        dense = self.recurrent_proj.dense
+        rec_bias = None if dense.bias is None else dense.bias[...]
+        gx = self.input_proj.dense(x)
+        w_h = dense.kernel[...]
+        return _gru_scan(w_h, configs, (*params, rec_bias), gx, mask, unroll, h)
 
     def __call__(
         self,

@@ -1,13 +1,13 @@
 """Running a recurrent cell over padded sequences: `RNN`, `Bidirectional`, `StackedRNN`.
 
 `RNN` computes the cell's input matmul (`W_x x_t`) for every time step at once outside the loop
-and scans only the recurrent part with `jax.lax.scan`: through `LSTMCell.scan`, with its
-hand-written gradient, where the cell has one (`has_fused_scan`), else through `cell.step` under
-autodiff. Outputs and gradients are those of calling the cell step by step. Padded steps are
-zeroed on the way in, excluded from batch statistics, leave the state untouched (so the final
-state is each sequence's state at its true end) and output zeros. `reverse=True` reverses each
-sequence within its own length, so time step `t` (which per-step batch norm indexes) counts from
-each sequence's first processed element.
+and scans only the recurrent part with `jax.lax.scan`: through the cell's own `scan`
+(`LSTMCell.scan`, `GRUCell.scan`), with its hand-written gradient, where the cell has one
+(`has_fused_scan`), else through `cell.step` under autodiff. Outputs and gradients are those
+of calling the cell step by step. Padded steps are zeroed on the way in, excluded from batch
+statistics, leave the state untouched (so the final state is each sequence's state at its true
+end) and output zeros. `reverse=True` reverses each sequence within its own length, so time
+step `t` (which per-step batch norm indexes) counts from each sequence's first processed element.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@
 # transformations of the paper's Table 1 applied to its weights or its data. For each
 # normaliser we print whether the layer's output changes. `tests/test_invariance.py` asserts the
 # same eighteen cells; this notebook shows the numbers.
+#
+# The `.ipynb` is stored with its outputs. With the `dev` extra, re-run it with
+# `jupyter nbconvert --to notebook --execute --inplace notebooks/invariances.ipynb`; after
+# editing this `.py`, `jupytext --sync notebooks/invariances.py` updates the notebook's code.
 
 # %%
 import jax

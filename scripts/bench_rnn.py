@@ -1,9 +1,12 @@
-"""Training-step speed of the plain LSTM vs the LN-LSTM (and Flax's OptimizedLSTMCell).
+"""Training-step speed of the plain vs the LN recurrent cells: LSTM (and Flax's
+OptimizedLSTMCell) and GRU (the fused scan and the autodiff path it replaces).
 
-Run: `python -m scripts.bench_rnn [--rounds 10]`. One step is forward + backward + an SGD update
-of an `RNN` regressing random targets, jitted with the parameters donated. Prints a Markdown
-table: median step time, jit compile time, and the LN/plain ratio per shape. Targets: LN-LSTM at
-most 1.2x the plain LSTM; each compile under 2 s.
+Run: `python -m scripts.bench_rnn [--rounds 10] [--cells lstm gru]`. One step is forward +
+backward + an SGD update of an `RNN` regressing random targets, jitted with the parameters
+donated. Prints a Markdown table per cell: median step time (wall clock, and process CPU time,
+which other processes' load on a shared machine moves less), jit compile time, and the ratios to
+the plain cell per shape. Targets: LN-LSTM at most 1.2x the plain LSTM; LN-GRU at most 1.25x the
+plain GRU; each compile under 2 s.
 """
 
 from __future__ import annotations
@@ -12,16 +15,20 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lnorm.cells import LSTMCell
+from lnorm.cells import GRUCell, LSTMCell
 from lnorm.rnn import RNN
 from scripts.benchutil import measure, print_table
 
-SHAPES = ((8, 100, 400, 3), (64, 50, 512, 256))  # (batch, time, hidden, input)
+Shape = tuple[int, int, int, int]  # (batch, time, hidden, input)
+LSTM_SHAPES: tuple[Shape, ...] = ((8, 100, 400, 3), (64, 50, 512, 256))
+# Order embeddings' and skip-thoughts' GRU encoders at their "small" scale.
+GRU_SHAPES: tuple[Shape, ...] = ((128, 16, 256, 128), (64, 30, 512, 128))
 LEARNING_RATE = 1e-3
 
 
@@ -37,10 +44,44 @@ class FlaxLSTM(nnx.Module):
         return self.rnn(x, initial_carry=(zeros, zeros))
 
 
-MODELS: dict[str, Callable[[int, int, nnx.Rngs], nnx.Module]] = {
-    "lstm": lambda f, h, rngs: RNN(LSTMCell(f, h, norm="none", rngs=rngs)),
-    "ln-lstm": lambda f, h, rngs: RNN(LSTMCell(f, h, norm="layer", rngs=rngs)),
-    "flax-optimized-lstm": FlaxLSTM,
+class AutodiffGRUCell(GRUCell):
+    """`GRUCell` without its fused scan: `RNN` runs it step by step under autodiff, as it ran
+    every GRU before `GRUCell.scan` (the "before" of the comparison)."""
+
+    has_fused_scan = False
+
+
+Factory = Callable[[int, int, nnx.Rngs], nnx.Module]
+SUITES: dict[str, tuple[tuple[Shape, ...], dict[str, Factory]]] = {
+    "lstm": (
+        LSTM_SHAPES,
+        {
+            "lstm": lambda f, h, rngs: RNN(LSTMCell(f, h, norm="none", rngs=rngs)),
+            "ln-lstm": lambda f, h, rngs: RNN(LSTMCell(f, h, norm="layer", rngs=rngs)),
+            "flax-optimized-lstm": FlaxLSTM,
+        },
+    ),
+    "gru": (
+        GRU_SHAPES,
+        {
+            "gru": lambda f, h, rngs: RNN(GRUCell(f, h, norm="none", rngs=rngs)),
+            "ln-gru": lambda f, h, rngs: RNN(GRUCell(f, h, norm="layer", rngs=rngs)),
+            "gru-autodiff": lambda f, h, rngs: RNN(AutodiffGRUCell(f, h, norm="none", rngs=rngs)),
+            "ln-gru-autodiff": lambda f, h, rngs: RNN(
+                AutodiffGRUCell(f, h, norm="layer", rngs=rngs)
+            ),
+        },
+    ),
+}
+# (numerator, denominator) of each ratio printed per shape.
+RATIOS = {
+    "lstm": [("ln-lstm", "lstm")],
+    "gru": [
+        ("ln-gru", "gru"),
+        ("ln-gru-autodiff", "gru-autodiff"),
+        ("gru-autodiff", "gru"),
+        ("ln-gru-autodiff", "ln-gru"),
+    ],
 }
 
 
@@ -58,10 +99,10 @@ def _train_step(graphdef: nnx.GraphDef) -> Callable:
     return step
 
 
-def compile_step(name: str, shape: tuple[int, int, int, int]) -> tuple[Callable, float]:
-    """(a no-argument runner of one training step, compile seconds) for model `name`."""
+def compile_step(make: Factory, shape: Shape) -> tuple[Callable, float]:
+    """(a no-argument runner of one training step, compile seconds) for the model `make` builds."""
     batch, length, hidden, features = shape
-    graphdef, params, rest = nnx.split(MODELS[name](features, hidden, nnx.Rngs(0)), nnx.Param, ...)
+    graphdef, params, rest = nnx.split(make(features, hidden, nnx.Rngs(0)), nnx.Param, ...)
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.normal(kx, (batch, length, features))
     y = jax.random.normal(ky, (batch, length, hidden))
@@ -77,38 +118,59 @@ def compile_step(name: str, shape: tuple[int, int, int, int]) -> tuple[Callable,
     return run, compile_s
 
 
-def bench(shape: tuple[int, int, int, int], rounds: int) -> dict[str, tuple[float, float]]:
-    """{model: (median step ms, compile s)}. Models take turns, round by round, so that load
-    from other processes on a shared machine hits them alike."""
-    runners = {name: compile_step(name, shape) for name in MODELS}
-    samples: dict[str, list[float]] = {name: [] for name in MODELS}
+class Times(NamedTuple):
+    """One model's medians over rounds: wall-clock and process CPU milliseconds per step (CPU
+    time, all threads, moves less than wall time with other processes' load on a shared
+    machine), and the compile seconds."""
+
+    wall_ms: float
+    cpu_ms: float
+    compile_s: float
+
+
+def bench(models: dict[str, Factory], shape: Shape, rounds: int) -> dict[str, Times]:
+    """Models take turns, round by round, so that load from other processes hits them alike."""
+    runners = {name: compile_step(make, shape) for name, make in models.items()}
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, (run, _) in runners.items():
-            samples[name].append(measure(run, repeats=3, warmup=1, number=1).median_ms)
-    return {n: (statistics.median(samples[n]), runners[n][1]) for n in MODELS}
+            start = time.process_time()
+            wall[name].append(measure(run, repeats=3, warmup=1, number=1).median_ms)
+            cpu[name].append((time.process_time() - start) / 4 * 1e3)  # warmup + 3 repeats
+    return {
+        n: Times(statistics.median(wall[n]), statistics.median(cpu[n]), runners[n][1])
+        for n in models
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--cells", nargs="+", choices=tuple(SUITES), default=list(SUITES))
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    rows = []
-    for shape in SHAPES:
-        times = bench(shape, args.rounds)
-        ratio = times["ln-lstm"][0] / times["lstm"][0]
-        for name, (ms, compile_s) in times.items():
-            rows.append(
-                [
-                    "x".join(map(str, shape)),
-                    name,
-                    ms,
-                    compile_s,
-                    f"{ms / times['lstm'][0]:.2f}",
-                ]
+    for cell in args.cells:
+        shapes, models = SUITES[cell]
+        base = next(iter(models))
+        rows = []
+        for shape in shapes:
+            times = bench(models, shape, args.rounds)
+            for name, t in times.items():
+                ratio = (
+                    f"{t.wall_ms / times[base].wall_ms:.2f} ({t.cpu_ms / times[base].cpu_ms:.2f})"
+                )
+                rows.append(
+                    ["x".join(map(str, shape)), name, t.wall_ms, t.cpu_ms, t.compile_s, ratio]
+                )
+            ratios = ", ".join(
+                f"{a} / {b} = {times[a].wall_ms / times[b].wall_ms:.2f}"
+                f" (cpu {times[a].cpu_ms / times[b].cpu_ms:.2f})"
+                for a, b in RATIOS[cell]
             )
-        print(f"B x T x H x F = {shape}: LN-LSTM / LSTM = {ratio:.2f}", flush=True)
-    print_table(["B x T x H x F", "model", "step ms (median)", "compile s", "vs lstm"], rows)
+            print(f"B x T x H x F = {shape}: {ratios}", flush=True)
+        headers = ["B x T x H x F", "model", "step ms", "cpu ms", "compile s", f"vs {base} (cpu)"]
+        print_table(headers, rows)
 
 
 if __name__ == "__main__":

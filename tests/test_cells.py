@@ -1,4 +1,5 @@
-"""Every recurrent cell against an independent numpy implementation of its equations."""
+"""Every recurrent cell against an independent numpy implementation of its equations, with the
+normaliser placement written from the paper (docs/paper.md §1.3-§1.6), not read from the cell."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,6 @@ import pytest
 from flax import nnx
 
 from lnorm.cells import GRUCell, LSTMCell, StepBatchNorm
-from lnorm.norms import Identity, LayerNorm, RMSNorm, WeightNormDense
 
 B, F, H, STEPS, EPS = 3, 5, 4, 4, 1e-5
 
@@ -23,49 +23,57 @@ def arr(v):
     return None if v is None else np.asarray(v[...], np.float64)
 
 
-def np_dense(dense, a):
+# The references decide which normaliser sits where from the paper's equations and the test
+# case's `norm`/`variant`, never from the cell under test: they read only parameter values from
+# the cell, so a normaliser the cell adds, drops or moves changes its output and fails the test.
+
+
+def np_dense(kind, dense, a, bias):
     """`a W (+ b)`; for weight norm `W = g v / ||v||` with the norm over each output column."""
     w = arr(dense.kernel)
-    if isinstance(dense, WeightNormDense):
+    if kind == "weight":
         w = w / np.linalg.norm(w, axis=0) * arr(dense.scale)
-    bias = arr(getattr(dense, "bias", None))
-    return a @ w + (0.0 if bias is None else bias)
+    return a @ w + (arr(dense.bias) if bias else 0.0)
 
 
-def np_norm(norm, a):
-    """The normaliser's training-mode formula, written out (docs/paper.md §1)."""
-    if isinstance(norm, Identity):
+def np_norm(kind, a, module, bias=True):
+    """Normaliser `kind`'s training-mode formula (docs/paper.md §1.1, §2), with the gain (and
+    the bias, where the equations have one) read from `module`; weight norm acts on the
+    weights, so on activations it is the identity, as "none"."""
+    if kind in ("none", "weight"):
         return a
-    if isinstance(norm, LayerNorm):
+    if kind == "layer":
         mu = a.mean(-1, keepdims=True)
         y = (a - mu) / np.sqrt(((a - mu) ** 2).mean(-1, keepdims=True) + EPS)
-        params = norm
-    elif isinstance(norm, RMSNorm):
+    elif kind == "rms":
         y = a / np.sqrt((a**2).mean(-1, keepdims=True) + EPS)
-        params = norm
-    else:  # StepBatchNorm in training: statistics over the batch at this step, biased variance
-        assert isinstance(norm, StepBatchNorm)
+    else:  # recurrent batch norm in training: statistics over the batch at this step
+        assert kind == "batch"
         y = (a - a.mean(0)) / np.sqrt(a.var(0) + EPS)
-        params = norm.bn
-    scale, bias = arr(params.scale), arr(params.bias)
-    return y * (1.0 if scale is None else scale) + (0.0 if bias is None else bias)
+        module = module.bn
+    return y * arr(module.scale) + (arr(module.bias) if bias else 0.0)
 
 
-def np_lstm(cell, xs, variant, carry_normalized):
+def np_lstm(cell, xs, norm, variant="paper", carry_normalized=False):
+    """docs/paper.md §1.3 (paper: `N(W_h h) + N(W_x x) + b`, `h = s(o) tanh(N(c))`, raw `c`
+    carried; Cooijmans et al.'s batch norm has no bias on the two terms), §1.5 (draw: the
+    cell's normaliser only) and §1.6 (per_gate: one normaliser per gate of the sum)."""
+    term_norm = norm if variant == "paper" else "none"
+    term_bias = norm != "batch"
     c = h = np.zeros((xs.shape[1], cell.hidden_features))
     hs, cs = [], []
     for x in xs:
-        gx = np_norm(cell.input_proj.norms[0], np_dense(cell.input_proj.dense, x))
-        gh = np_norm(cell.recurrent_proj.norms[0], np_dense(cell.recurrent_proj.dense, h))
-        z = gx + gh
+        gx = np_dense(norm, cell.input_proj.dense, x, bias=False)
+        gh = np_dense(norm, cell.recurrent_proj.dense, h, bias=False)
+        z = (np_norm(term_norm, gx, cell.input_proj.norms[0], term_bias)
+             + np_norm(term_norm, gh, cell.recurrent_proj.norms[0], term_bias))
         if variant == "per_gate":
             z = np.concatenate(
-                [np_norm(n, p) for n, p in zip(cell.gate_norms, np.split(z, 4, -1), strict=True)],
-                -1,
-            )
+                [np_norm(norm, p, n) for n, p in zip(cell.gate_norms, np.split(z, 4, -1),
+                                                     strict=True)], -1)
         f, i, o, g = np.split(z + arr(cell.bias), 4, -1)
         c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-        c_hat = np_norm(cell.cell_norm, c)
+        c_hat = np_norm(norm, c, cell.cell_norm)
         h = sigmoid(o) * np.tanh(c_hat)
         if carry_normalized:
             c = c_hat
@@ -74,19 +82,25 @@ def np_lstm(cell, xs, variant, carry_normalized):
     return np.stack(hs), np.stack(cs)
 
 
-def np_gru(cell, xs, variant):
+def np_gru(cell, xs, norm, variant="paper"):
+    """docs/paper.md §1.4: `[z, r] = N(W_h h) + N(W_x x)`, `h~ = tanh(N(W x) + s(r) N(U h))`,
+    each term with one bias (the normaliser's, the linear map's for none/weight);
+    `reset_before` (§1.6): `h~ = tanh(N(W x) + N(U (s(r) h)))`."""
+    dense_bias = norm in ("none", "weight")
     h = np.zeros((xs.shape[1], cell.hidden_features))
     hs = []
     for x in xs:
-        gx, cx = np.split(np_dense(cell.input_proj.dense, x), [2 * H], -1)
-        gx, cx = np_norm(cell.input_proj.norms[0], gx), np_norm(cell.input_proj.norms[1], cx)
-        rec = np_dense(cell.recurrent_proj.dense, h)
-        gh = np_norm(cell.recurrent_proj.norms[0], rec[:, : 2 * H])
+        gx, cx = np.split(np_dense(norm, cell.input_proj.dense, x, dense_bias), [2 * H], -1)
+        gx = np_norm(norm, gx, cell.input_proj.norms[0])
+        cx = np_norm(norm, cx, cell.input_proj.norms[1])
+        rec = np_dense(norm, cell.recurrent_proj.dense, h, dense_bias)
+        gh = np_norm(norm, rec[:, : 2 * H], cell.recurrent_proj.norms[0])
         z, r = np.split(sigmoid(gx + gh), 2, -1)
-        if variant == "paper":  # Eq. 27: the reset gate scales the normalised U h
-            uh = r * np_norm(cell.recurrent_proj.norms[1], rec[:, 2 * H :])
-        else:  # U (r * h)
-            uh = np_norm(cell.candidate_proj.norms[0], np_dense(cell.candidate_proj.dense, r * h))
+        if variant == "paper":  # the reset gate scales the normalised U h
+            uh = r * np_norm(norm, rec[:, 2 * H :], cell.recurrent_proj.norms[1])
+        else:
+            uh = np_norm(norm, np_dense(norm, cell.candidate_proj.dense, r * h, dense_bias),
+                         cell.candidate_proj.norms[0])
         h = (1 - z) * h + z * np.tanh(cx + uh)
         hs.append(h)
     return np.stack(hs)
@@ -134,7 +148,7 @@ def test_lstm_matches_numpy(kw):
     xs = inputs()
     hs, states = run_cell(cell, xs)
     want_h, want_c = np_lstm(
-        cell, xs, kw.get("variant", "paper"), kw.get("carry_normalized_cell", False)
+        cell, xs, kw["norm"], kw.get("variant", "paper"), kw.get("carry_normalized_cell", False)
     )
     np.testing.assert_allclose(hs, want_h, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(np.stack([c for c, _ in states]), want_c, rtol=2e-4, atol=2e-5)
@@ -159,10 +173,33 @@ def test_lstm_carries_the_unnormalised_cell():
     cell = randomize(LSTMCell(F, H, norm="layer", rngs=nnx.Rngs(0)))
     xs = inputs(steps=1)
     (c, _), _ = cell(cell.initial_state(B), jnp.asarray(xs[0], jnp.float32))
-    c_raw = np_lstm(cell, xs, "paper", carry_normalized=False)[1][0]
-    c_normed = np_lstm(cell, xs, "paper", carry_normalized=True)[1][0]
+    c_raw = np_lstm(cell, xs, "layer", carry_normalized=False)[1][0]
+    c_normed = np_lstm(cell, xs, "layer", carry_normalized=True)[1][0]
     np.testing.assert_allclose(c, c_raw, rtol=2e-4, atol=2e-5)
     assert np.abs(c_raw - c_normed).max() > 0.1
+
+
+def _param_paths(module):
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.state(module, nnx.Param))[0]
+    return sorted(
+        ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path[:-1])
+        for path, _ in leaves
+    )
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_draw_variant_normalises_the_cell_only(norm):
+    """§1.5: a plain LSTM whose one normaliser is on the cell; the gates are not normalised."""
+    cell = LSTMCell(F, H, norm=norm, variant="draw", t_max=STEPS, rngs=nnx.Rngs(0))
+    cell_params = ["cell_norm.bn.bias", "cell_norm.bn.scale"] if norm == "batch" else [
+        "cell_norm.bias", "cell_norm.scale"]
+    assert _param_paths(cell) == sorted(
+        ["bias", *cell_params, "input_proj.dense.kernel", "recurrent_proj.dense.kernel"])
+    paper = LSTMCell(F, H, norm="layer", rngs=nnx.Rngs(0))  # §1.3: three LNs, own gain and bias
+    assert _param_paths(paper) == sorted(
+        ["bias", "cell_norm.bias", "cell_norm.scale", "input_proj.dense.kernel",
+         "input_proj.norms.0.bias", "input_proj.norms.0.scale", "recurrent_proj.dense.kernel",
+         "recurrent_proj.norms.0.bias", "recurrent_proj.norms.0.scale"])
 
 
 def test_ln_lstm_is_invariant_to_weight_matrix_rescaling():
@@ -191,7 +228,7 @@ def test_gru_matches_numpy(kw):
     xs = inputs()
     hs, _ = run_cell(cell, xs)
     np.testing.assert_allclose(
-        hs, np_gru(cell, xs, kw.get("variant", "paper")), rtol=2e-4, atol=2e-5
+        hs, np_gru(cell, xs, kw["norm"], kw.get("variant", "paper")), rtol=2e-4, atol=2e-5
     )
 
 

@@ -1,5 +1,6 @@
 """IAM-OnDB builder: strokes to offsets, transcriptions after CSR:, scale statistics, split by
-form, bad files (error or skip), pipeline."""
+form, bad files (error or skip, all skipped), the README's config, pipeline; a missing or empty
+`manual_dir` (here and for a builder with download sources) is an error naming it."""
 
 import json
 import re
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from lnorm.data import iam_ondb as iam
-from lnorm.data.common import DataError, prepare
+from lnorm.data import mnist
+from lnorm.data.common import DataError, own_config, prepare
 from lnorm.data.vocab import load_vocab
 
 ASCII = "Data: form\nOCR:\n\nAb cd WRONG\nef\n\nCSR:\n\nAb cd\nef\n"
@@ -189,3 +191,60 @@ def test_missing_files_give_instructions(tmp_path):
     with pytest.raises(DataError, match=r"missing files.*lineStrokes") as e:
         prepare(iam.IamOnDB, tmp_path / "data", manual_dir=tmp_path / "manual")
     assert "lineStrokes-all.tar.gz" in str(e.value)
+
+
+def test_readme_config_prepares_under_a_name_of_its_own(tmp_path):
+    """`IamOnDBConfig(name="default", skip_bad_files=True)` (the README's) is named like the
+    predefined config, which TFDS refuses; it prepares under a stable name of its own."""
+    raw = iam.write_synthetic(tmp_path / "raw", num_examples=12, seed=0)
+    _write(raw, "lineStrokes/s00/s00-000/s00-000u-09.xml", "<StrokeSet><Stroke>")
+
+    def readme_config():
+        return iam.IamOnDBConfig(name="default", skip_bad_files=True, validation_fraction=0.25)
+
+    builder = prepare(iam.IamOnDB, tmp_path / "data", manual_dir=raw, config=readme_config())
+    name = builder.builder_config.name
+    assert re.fullmatch(r"default-[0-9a-f]{8}", name)
+    assert [s["file"] for s in json.loads((Path(builder.data_dir) / "skipped.json").read_text())
+            ] == ["lineStrokes/s00/s00-000/s00-000u-09.xml"]
+    again = prepare(iam.IamOnDB, tmp_path / "data", config=readme_config())  # prepared: found
+    assert again.builder_config.name == name and again.data_dir == builder.data_dir
+    other = iam.IamOnDBConfig(name="default", skip_bad_files=True, validation_fraction=0.5)
+    assert prepare(iam.IamOnDB, tmp_path / "data", manual_dir=raw,
+                   config=other).builder_config.name not in (name, "default")
+    plain = iam.IamOnDBConfig(name="default", validation_fraction=0.05)  # the predefined options
+    assert own_config(iam.IamOnDB, plain) is iam.IamOnDB.BUILDER_CONFIGS[0]
+
+
+def test_every_file_skipped_lists_the_files_and_why(tmp_path):
+    raw = tmp_path / "raw"
+    _write(raw, "ascii/b01/b01-000/b01-000u.txt", "CSR:\n\nonly one line\n")
+    _write(raw, "lineStrokes/b01/b01-000/b01-000u-01.xml", "<StrokeSet><Stroke>")
+    _write(raw, "lineStrokes/b01/b01-000/b01-000u-02.xml", _xml([(0, 0), (1, 1)]))
+    for i in range(3, 9):
+        _write(raw, f"lineStrokes/b01/b01-000/b01-000u-{i:02d}.xml", "<StrokeSet/>")
+    cfg = iam.IamOnDBConfig(name="skip-all", skip_bad_files=True)
+    with pytest.raises(DataError) as e:
+        prepare(iam.IamOnDB, tmp_path / "data", manual_dir=raw, config=cfg)
+    msg = str(e.value)
+    assert "every stroke file was skipped as bad (8 files" in msg
+    assert re.search(r"b01-000u-01\.xml: .*malformed XML", msg)
+    assert re.search(r"b01-000u-02\.xml: .*expected a transcription line 2", msg)
+    assert "b01-000u-05.xml" in msg and "b01-000u-06.xml" not in msg and "... and 3 more" in msg
+
+
+@pytest.mark.parametrize("builder", [iam.IamOnDB, mnist.Mnist], ids=lambda b: b.__name__)
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_missing_or_empty_manual_dir_is_an_error_naming_it(tmp_path, monkeypatch, builder, state):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a named manual_dir must not fall back to downloading")
+
+    monkeypatch.setattr(mnist, "download_with_timeout", no_download)
+    folder = tmp_path / "manual"
+    if state == "empty":
+        folder.mkdir()
+    what = "does not exist" if state == "missing" else "is empty"
+    with pytest.raises(DataError, match=rf"{re.escape(str(folder))} ({what}|does not exist or "
+                                        "is empty)") as e:
+        prepare(builder, tmp_path / "data", manual_dir=folder)
+    assert builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip() in str(e.value)

@@ -1,4 +1,9 @@
-"""The grain pipeline: exact, deterministic epochs, resume, padding/masks and length bucketing."""
+"""The grain pipeline: exact, deterministic epochs, resume, padding/masks and length bucketing;
+the verified `.npz` cache of an in-memory source."""
+
+import hashlib
+import json
+import warnings
 
 import numpy as np
 import pytest
@@ -180,3 +185,102 @@ def test_bad_arguments():
         Pipeline([], batch_size=2)
     with pytest.raises(ValueError, match="one common length"):
         ArraySource({"a": np.ones(2), "b": np.ones(3)})
+
+
+# --- the .npz cache -------------------------------------------------------------------------------
+
+
+class _CountingSource:
+    """Rows {image, label}; counts the examples read (a cache hit reads only two, to check)."""
+
+    def __init__(self, n=50):
+        rng = np.random.default_rng(0)
+        self.images = rng.integers(0, 255, size=(n, 4, 4), dtype=np.uint8)
+        self.labels = rng.integers(0, 10, size=n)
+        self.reads = 0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def _cached(source, cache, warns=None):
+    source.reads = 0
+    if warns is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = ArraySource.from_source(source, cache=cache)
+    else:
+        with pytest.warns(UserWarning, match=warns):
+            out = ArraySource.from_source(source, cache=cache)
+    np.testing.assert_array_equal(out.arrays["image"], source.images)
+    np.testing.assert_array_equal(out.arrays["label"], source.labels)
+    return out
+
+
+def _tamper(cache, how):
+    if how == "truncated":
+        cache.write_bytes(cache.read_bytes()[:100])
+    elif how == "labels":  # a valid npz with other labels
+        with np.load(cache) as f:
+            arrays = dict(f)
+        arrays["label"] = (arrays["label"] + 1) % 10
+        with open(cache, "wb") as f:
+            np.savez(f, **arrays)
+    elif how == "no record":
+        cache.with_name(cache.name + ".json").unlink()
+    else:
+        with np.load(cache) as f:
+            arrays = {k: v[:-1] for k, v in f.items()}
+        with open(cache, "wb") as f:
+            np.savez(f, **arrays)
+        record = cache.with_name(cache.name + ".json")
+        meta = json.loads(record.read_text())
+        meta.update(size=cache.stat().st_size, examples=len(arrays["label"]))
+        meta["sha256"] = hashlib.sha256(cache.read_bytes()).hexdigest()
+        record.write_text(json.dumps(meta))
+
+
+def test_cache_is_written_once_and_read_back(tmp_path):
+    source, cache = _CountingSource(), tmp_path / "train.npz"
+    _cached(source, cache)
+    assert source.reads == 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz", "train.npz.json"]
+    _cached(source, cache)
+    assert source.reads == 2  # the first and last example, compared with the cache
+
+
+@pytest.mark.parametrize("how, what", [
+    ("truncated", r"train\.npz has \d+ bytes, \d+ when written \(truncated\)"),
+    ("labels", r"train\.npz has other contents than when written \(checksum mismatch\)"),
+    ("no record", r"train\.npz has no record train\.npz\.json"),
+    ("fewer", r"train\.npz holds 49 examples, the prepared split 50"),
+])
+def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, how, what):
+    source, cache = _CountingSource(), tmp_path / "train.npz"
+    _cached(source, cache)
+    _tamper(cache, how)
+    _cached(source, cache, warns=what + ".*: rebuilding it from the prepared data")
+    assert source.reads == 50
+    _cached(source, cache)  # the rebuilt cache verifies
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.npz", "train.npz.json"]
+
+
+def test_cache_that_disagrees_with_the_prepared_data_is_rebuilt(tmp_path):
+    source, cache = _CountingSource(), tmp_path / "train.npz"
+    _cached(source, cache)
+    source.labels[-1] = (source.labels[-1] + 1) % 10  # the data was prepared again, differently
+    _cached(source, cache, warns=r"differs from the prepared data at example 49")
+
+
+def test_failed_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        ArraySource.from_source(_CountingSource(), cache=tmp_path / "train.npz")
+    assert list(tmp_path.iterdir()) == []

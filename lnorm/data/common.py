@@ -8,17 +8,25 @@ it when done, so an interrupted preparation leaves nothing half-written behind.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
 
+# (manual_dir, instructions) of the `prepare` call under way, for `manual_dir_or_none`.
+_GIVEN_MANUAL_DIR: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar(
+    "lnorm_manual_dir", default=None)
 DEFAULT_DATA_DIR = Path(os.environ.get("LNORM_DATA_DIR", "~/lnorm_data")).expanduser()
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -42,15 +50,88 @@ def prepare(
     **builder_kwargs: Any,
 ) -> tfds.core.GeneratorBasedBuilder:
     """Prepares `builder_cls` as array_record under `data_dir` (a no-op when already prepared)
-    and returns the builder, ready for `builder.as_data_source()`."""
+    and returns the builder, ready for `builder.as_data_source()`.
+
+    A `manual_dir` given is where the data must come from: a missing or empty folder is a
+    DataError naming it, also for builders that could download instead (`manual_dir_or_none`).
+    A config object named like a predefined one but with other options
+    (`IamOnDBConfig(name="default", skip_bad_files=True)`) prepares under a name of its own,
+    `<name>-<digest of the options that differ>` (`own_config`)."""
     data_dir = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
-    builder = builder_cls(data_dir=str(data_dir), config=config, **builder_kwargs)
     download_config = tfds.download.DownloadConfig(
         manual_dir=str(manual_dir) if manual_dir is not None else None,
         try_download_gcs=False,  # no network detour: the builder knows its own sources
     )
-    builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    instructions = getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or ""
+    given = _GIVEN_MANUAL_DIR.set(
+        (Path(manual_dir), instructions) if manual_dir is not None else None)
+    try:
+        # One preparation at a time per data directory: parallel jobs of a sweep would
+        # otherwise race to rename the same `incomplete.*` folder into place.
+        # The builder is made inside the lock too: it reads what is already prepared.
+        with _exclusive(data_dir / ".prepare.lock"):
+            builder = builder_cls(data_dir=str(data_dir),
+                                  config=own_config(builder_cls, config), **builder_kwargs)
+            builder.download_and_prepare(file_format="array_record",
+                                         download_config=download_config)
+    finally:
+        _GIVEN_MANUAL_DIR.reset(given)
     return builder
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created) for the duration of the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# BuilderConfig fields that describe a config without changing the data it prepares.
+_DESCRIPTIVE_FIELDS = ("name", "description", "release_notes", "tags")
+
+
+def own_config(
+    builder_cls: type[tfds.core.GeneratorBasedBuilder],
+    config: str | tfds.core.BuilderConfig | None,
+) -> str | tfds.core.BuilderConfig | None:
+    """`config`, or for a config object named like one of `builder_cls.BUILDER_CONFIGS` (which
+    TFDS refuses): that predefined config when the options agree, else a copy named
+    `<name>-<8 hex digits>`, a digest of the options that differ (the same options, the same
+    name, so a prepared dataset is found again)."""
+    if not isinstance(config, tfds.core.BuilderConfig):
+        return config
+    predefined = {c.name: c for c in builder_cls.BUILDER_CONFIGS}.get(config.name)
+    if predefined is None or predefined is config:
+        return config
+    differ = {
+        f.name: getattr(config, f.name)
+        for f in dataclasses.fields(config)
+        if f.name not in _DESCRIPTIVE_FIELDS
+        and getattr(config, f.name) != getattr(predefined, f.name, None)
+    }
+    if not differ:
+        return predefined
+    digest = hashlib.sha256(json.dumps(differ, sort_keys=True, default=repr).encode())
+    return dataclasses.replace(config, name=f"{config.name}-{digest.hexdigest()[:8]}")
+
+
+def check_manual_dir(manual_dir: str | os.PathLike, instructions: str = "") -> Path:
+    """`manual_dir`, which must be an existing folder holding something; a DataError naming
+    it (with the builder's download instructions) otherwise."""
+    folder = Path(manual_dir).expanduser()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+    elif not any(folder.iterdir()):
+        what = "is empty"
+    else:
+        return folder
+    raise DataError(f"manual_dir {folder} {what}: put the dataset's files there, or leave "
+                    f"manual_dir unset to use the builder's other sources\n{instructions.strip()}")
 
 
 def data_root(data_dir: str | os.PathLike | None) -> Path:
@@ -128,8 +209,12 @@ def require_files(directory: str | os.PathLike, names: Iterable[str], instructio
 
 
 def manual_dir_or_none(dl_manager: tfds.download.DownloadManager) -> Path | None:
-    """The manual directory, or None where there is none (TFDS raises a bare AssertionError
-    for a missing or empty one)."""
+    """For builders with other sources: the manual directory, or None where none was given
+    (TFDS's default one, when missing or empty, raises a bare AssertionError). One given to
+    `prepare` must exist and hold files: the user named it, so it is never skipped silently."""
+    given = _GIVEN_MANUAL_DIR.get()
+    if given is not None:
+        return check_manual_dir(*given)
     try:
         return Path(dl_manager.manual_dir)
     except AssertionError:

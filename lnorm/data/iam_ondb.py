@@ -44,12 +44,13 @@ directory so that it holds `lineStrokes/a01/a01-000/a01-000u-01.xml, ...` and
 """
 
 _LINE_FILE = re.compile(r"^(?P<form>.+)-(?P<line>\d+)$")
+_LISTED = 5  # skipped files named in the error when all are skipped
 
 
 @dataclasses.dataclass(eq=False)
 class IamOnDBConfig(tfds.core.BuilderConfig):
-    """Preprocessing and split. The config name identifies a prepared dataset: give changed
-    parameters a new name."""
+    """Preprocessing and split. The config name identifies a prepared dataset: `prepare`
+    gives a config named `default` with other options a name of its own (`own_config`)."""
 
     flip_y: bool = True
     scale: float | None = None  # None: per-axis std of the training offsets
@@ -188,6 +189,11 @@ def _read_corpus(root: Path, *, skip_bad_files: bool) -> tuple[list[_Line], list
             if not skip_bad_files:
                 raise
             skipped.append({"file": str(path.relative_to(root)), "reason": str(e)})
+    if not lines and skipped:
+        first = "".join(f"\n  {s['file']}: {s['reason']}" for s in skipped[:_LISTED])
+        more = f"\n  ... and {len(skipped) - _LISTED} more" if len(skipped) > _LISTED else ""
+        raise DataError(f"{root / 'lineStrokes'}: every stroke file was skipped as bad "
+                        f"({len(skipped)} files; skip_bad_files=True):{first}{more}")
     if not lines:
         raise DataError(f"{root / 'lineStrokes'}: expected */*/*.xml stroke files; found none")
     return lines, skipped

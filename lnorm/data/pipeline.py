@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
+import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import grain
 import numpy as np
+
+from lnorm.logger import file_sha256, temp_path, write_json_atomic
 
 Example = dict[str, Any]
 Batch = dict[str, np.ndarray]
@@ -56,10 +61,14 @@ class ArraySource:
         With `cache` (an `.npz` path, e.g. inside the prepared TFDS folder, which never changes
         once written) the arrays are saved there the first time and loaded from there after:
         TFDS decodes records one by one in Python (~0.1 ms each), numpy loads them at once.
+        The cache is trusted only when it matches the size and SHA-256 recorded beside it
+        (`<cache>.json`) and agrees with `source` (example count, first and last example);
+        otherwise it is rebuilt, with a warning saying what was wrong.
         """
-        if cache is not None and Path(cache).exists():
-            with np.load(cache) as arrays:
-                return cls(dict(arrays))
+        if cache is not None:
+            arrays = _load_cache(Path(cache), source)
+            if arrays is not None:
+                return cls(arrays)
         columns: dict[str, list[np.ndarray]] = {}
         for lo in range(0, len(source), chunk):
             for example in _read(source, range(lo, min(lo + chunk, len(source)))):
@@ -67,10 +76,7 @@ class ArraySource:
                     columns.setdefault(k, []).append(v)
         out = cls({k: np.stack(v) for k, v in columns.items()})
         if cache is not None:
-            tmp = Path(cache).with_name(Path(cache).name + ".tmp")
-            with open(tmp, "wb") as f:
-                np.savez(f, **out.arrays)
-            os.replace(tmp, cache)  # atomic: a crash never leaves a half-written cache
+            _save_cache(Path(cache), out.arrays)
         return out
 
     def __len__(self) -> int:
@@ -81,6 +87,72 @@ class ArraySource:
 
     def gather(self, indices: np.ndarray) -> Batch:
         return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def _cache_record(cache: Path) -> Path:
+    return cache.with_name(cache.name + ".json")
+
+
+def _cache_problem(cache: Path, source: Source) -> str | None:
+    """What is wrong with an `.npz` cache by its record, or None."""
+    try:
+        record = json.loads(_cache_record(cache).read_text())
+        size, sha, count = int(record["size"]), str(record["sha256"]), int(record["examples"])
+    except FileNotFoundError:
+        return f"has no record {_cache_record(cache).name} (written by an older version?)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"has an unreadable record {_cache_record(cache).name}"
+    actual = cache.stat().st_size
+    if actual != size:
+        cut = " (truncated)" if actual < size else ""
+        return f"has {actual} bytes, {size} when written{cut}"
+    if file_sha256(cache) != sha:
+        return "has other contents than when written (checksum mismatch)"
+    if count != len(source):
+        return f"holds {count} examples, the prepared split {len(source)}"
+    return None
+
+
+def _load_cache(cache: Path, source: Source) -> dict[str, np.ndarray] | None:
+    """The cached arrays when the cache verifies and agrees with `source`, else None (with a
+    warning when a cache was there)."""
+    if not cache.exists():
+        return None
+    problem = _cache_problem(cache, source)
+    if problem is None:
+        try:
+            with np.load(cache) as f:
+                arrays = {k: f[k] for k in f.files}
+            ends = sorted({0, len(source) - 1})
+            for i, example in zip(ends, _read(source, ends), strict=True):
+                if set(example) != set(arrays) or not all(
+                    np.array_equal(arrays[k][i], np.asarray(v)) for k, v in example.items()
+                ):
+                    problem = f"differs from the prepared data at example {i}"
+                    break
+            else:
+                return arrays
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            problem = f"is unreadable ({type(e).__name__}: {e})"
+    warnings.warn(f"{cache} {problem}: rebuilding it from the prepared data", stacklevel=3)
+    return None
+
+
+def _save_cache(cache: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Writes the `.npz` atomically (a crash never leaves half of one), then its record."""
+    tmp = temp_path(cache)
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp),
+                  "examples": len(next(iter(arrays.values())))}
+        os.replace(tmp, cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    write_json_atomic(_cache_record(cache), record)
 
 
 @dataclasses.dataclass(frozen=True)

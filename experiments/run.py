@@ -32,7 +32,7 @@ from lnorm.checkpoint import (
 )
 from lnorm.data.common import DataError
 from lnorm.logger import METRICS_FILE, SUMMARY_FILE, WANDB_ID_FILE, RunLogger, WandbConfig
-from lnorm.parallel import check_batch_size
+from lnorm.parallel import check_batch_size, initialize_from_environment
 from lnorm.runinfo import RUN_INFO_FILE, config_changes, read_run_info, write_run_info
 from lnorm.runlock import LOCK_FILE, RunLock, RunLockedError
 from lnorm.trainer import Interrupted, NonFiniteLossError, train
@@ -206,6 +206,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    initialize_from_environment()  # one of several processes (SLURM, TPU pod): jax.distributed
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
         os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -9,7 +9,8 @@ nothing is placed or converted at all.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -25,6 +26,23 @@ def initialize_distributed(**kwargs: Any) -> tuple[int, int]:
     per host before any other JAX call. Returns `(process_index, process_count)`."""
     jax.distributed.initialize(**kwargs)
     return jax.process_index(), jax.process_count()
+
+
+def initialize_from_environment(env: Mapping[str, str] | None = None) -> bool:
+    """Starts `jax.distributed` when the environment describes one of several processes:
+    `LNORM_COORDINATOR` (host:port) with `LNORM_NUM_PROCESSES` and `LNORM_PROCESS_ID`, or a
+    SLURM job step of several tasks, or a multi-host TPU slice (JAX reads those itself).
+    Returns whether it did; a single process changes nothing."""
+    env = os.environ if env is None else env
+    if "LNORM_COORDINATOR" in env:
+        initialize_distributed(coordinator_address=env["LNORM_COORDINATOR"],
+                               num_processes=int(env["LNORM_NUM_PROCESSES"]),
+                               process_id=int(env["LNORM_PROCESS_ID"]))
+        return True
+    if int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        initialize_distributed()
+        return True
+    return False
 
 
 def check_batch_size(batch_size: int, key: str = "batch_size") -> None:

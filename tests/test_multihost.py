@@ -121,3 +121,17 @@ def test_checkpoints_resume_on_either_topology(runs, tmp_path):
     for key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=key)
     _assert_close(_records(tmp_path / "one_then_two"), _records(tmp_path / "two_then_one"))
+
+
+def test_the_entry_point_starts_jax_distributed_from_the_environment(monkeypatch):
+    from lnorm import parallel
+
+    calls = []
+    monkeypatch.setattr(parallel, "initialize_distributed", lambda **kw: calls.append(kw))
+    assert not parallel.initialize_from_environment({"SLURM_NTASKS": "1"})
+    assert parallel.initialize_from_environment({"SLURM_NTASKS": "4"})
+    assert parallel.initialize_from_environment(
+        {"LNORM_COORDINATOR": "10.0.0.1:1234", "LNORM_NUM_PROCESSES": "2",
+         "LNORM_PROCESS_ID": "1"})
+    assert calls == [{}, {"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
+                          "process_id": 1}]

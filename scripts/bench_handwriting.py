@@ -1,0 +1,96 @@
+"""Training-step speed of the handwriting synthesis network per normaliser, measured in one run.
+
+    python -m scripts.bench_handwriting [--scales small paper] [--norms none layer] [--rounds 3]
+
+One step is the experiment's own loss (`experiments.handwriting.objective.loss_fn`: the mixture
+NLL per sequence, Graves' output-derivative clip at 100) under `jax.jit(jax.value_and_grad)` plus
+the optax update the trainer uses (element-wise gradient clip at 10, then Adam), on a random
+batch of the scale's shape: batch B, points T (T - 1 steps read), text of U characters over V
+symbols, L LSTM layers of H units, K window and M output mixtures. Compile time (lower +
+compile) and the median step time are printed per normaliser with the ratio to `norm=none`; the
+normalisers are timed round-robin so that load on a shared machine hits them alike (the minimum
+over repeats, printed beside the median, is the least disturbed by it). `layer` is
+the paper's LN-LSTM. The target (issue 13): LN's step at most 1.25x the plain LSTM's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments.handwriting.model import HandwritingSynthesis
+from experiments.handwriting.objective import loss_fn
+from lnorm.norms import NormSpec
+from scripts.benchutil import compile_fn, measure_interleaved, print_table
+
+# (B, T, U, V, L, H, K, M): configs/exp/handwriting/small.yaml and the paper's network (57
+# symbols, IAM-OnDB's ~40-character lines).
+SCALES = {"small": (8, 300, 40, 57, 3, 128, 10, 10), "paper": (8, 500, 40, 57, 3, 400, 10, 20)}
+NORMS = ("none", "layer", "rms", "weight", "batch")
+
+
+def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
+    def step(params, rest, opt_state, batch, key):
+        def loss(p):
+            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
+            value, _ = loss_fn(model, batch, key)
+            return value, nnx.state(model, nnx.Not(nnx.Param))
+
+        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    return step
+
+
+def _batch(b: int, t: int, u: int, v: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    strokes = rng.normal(size=(b, t, 3)).astype(np.float32)
+    strokes[..., 2] = rng.random((b, t)) < 0.05
+    return {"strokes": strokes, "strokes_mask": np.ones((b, t), bool),
+            "chars": rng.integers(2, v, size=(b, u)).astype(np.int32),
+            "chars_mask": np.ones((b, u), bool)}
+
+
+def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
+    b, t, u, v, layers, h, k, m = SCALES[scale]
+    batch = _batch(b, t, u, v)
+    tx = optax.chain(optax.clip(10.0), optax.adam(1e-3))
+    calls, compile_s = {}, {}
+    for name in norms:
+        model = HandwritingSynthesis(v, norm=NormSpec(name), hidden=h, layers=layers,
+                                     window_mixtures=k, output_mixtures=m, t_max=t - 1,
+                                     output_grad_clip=100.0, rngs=nnx.Rngs(0))
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        args = (params, rest, tx.init(params), batch, jax.random.key(1))
+        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        calls[name] = (compiled, args)
+    timings = measure_interleaved(calls, rounds=rounds, repeats=2, warmup=1)
+    base, base_min = timings["none"].median_s, timings["none"].min_s
+    shape = f"B={b} T={t} U={u} L={layers} H={h} K={k} M={m}"
+    return [[scale, shape, name, timings[name].median_ms, timings[name].median_s / base,
+             timings[name].min_s * 1e3, timings[name].min_s / base_min, compile_s[name]]
+            for name in norms]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
+    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print_table(["scale", "shape", "norm", "median step (ms)", "vs none", "min step (ms)",
+                 "vs none (min)", "compile (s)"], rows)
+
+
+if __name__ == "__main__":
+    main()

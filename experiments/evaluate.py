@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import experiments
-from experiments.run import ConfigError, resolve
+from experiments.run import resolve
+from experiments.schema import ConfigError
 from lnorm.checkpoint import checkpoint_steps, load_model
 from lnorm.logger import write_json_atomic
 from lnorm.runinfo import EVAL_DIR, RUN_INFO_FILE

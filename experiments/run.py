@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import experiments
 from experiments import schema
+from experiments.schema import ConfigError
 from lnorm.checkpoint import (
     BEST_DIR,
     CHECKPOINT_DIR,
@@ -52,11 +53,6 @@ def short_name(overrides: str) -> str:
 
 
 OmegaConf.register_new_resolver("short_name", short_name, replace=True)
-
-
-class ConfigError(ValueError):
-    """The composed config does not match the schema (unknown key, wrong type, missing value,
-    a value out of range)."""
 
 
 def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], ModuleType]:

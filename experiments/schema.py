@@ -19,6 +19,12 @@ from lnorm.trainer import TrainConfig
 SCALES = ("paper", "small", "tiny")
 
 
+class ConfigError(ValueError):
+    """The composed config does not match the schema (unknown key, wrong type, missing value,
+    a value out of range). Defined here, not in `experiments.run`: run as `python -m`, that
+    module is `__main__`, and its own class would not catch what experiments raise."""
+
+
 @dataclass
 class WandbSection:
     mode: str = "offline"  # offline | online | disabled

@@ -50,8 +50,7 @@ from experiments.handwriting.data import CORPORA, Corpus, load_corpus, pipeline
 from experiments.handwriting.evaluate import encode, nll, samples
 from experiments.handwriting.model import HandwritingSynthesis
 from experiments.handwriting.objective import loss_fn
-from experiments.run import ConfigError
-from experiments.schema import RunConfig
+from experiments.schema import ConfigError, RunConfig
 from lnorm.data.common import DataError
 from lnorm.trainer import EvalContext, Evaluator, Task
 

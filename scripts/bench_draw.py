@@ -1,0 +1,90 @@
+"""Training-step speed of DRAW per normaliser, measured in one run.
+
+    python -m scripts.bench_draw [--scales small paper] [--rounds 3]
+
+One step is the experiment's own loss (`experiments.draw.objective.loss_fn`: every glimpse's
+fresh noise, the bound summed over pixels and glimpses) under `jax.jit(jax.value_and_grad)` plus
+the optax update the trainer uses (global-norm clip 10, then Adam), on a random binary batch of
+the scale's shape: batch B, glimpses T, LSTM units H (encoder and decoder), latent Z, the read
+window, write 5x5. Compile time (lower + compile) and the median step time are printed per
+normaliser, with the ratio to `norm=none`; the normalisers are timed round-robin so that load on
+a shared machine hits them alike. `layer` is the paper's DRAW variant (only `tanh(LN(c))`),
+`layer_full` the full LN-LSTM (`cell_variant="paper"`). The target (issue 12): LN's step at
+most 1.25x the plain LSTM's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments.draw.model import DRAW
+from experiments.draw.objective import loss_fn
+from lnorm.norms import NormSpec
+from scripts.benchutil import compile_fn, measure_interleaved, print_table
+
+# (B, T, H, Z, read N): configs/exp/draw/small.yaml and the paper's model (configs/exp/draw.yaml).
+SCALES = {"small": (64, 16, 128, 32, 5), "paper": (128, 64, 256, 100, 2)}
+NORMS = {  # name -> (NormSpec, cell_variant)
+    "none": (NormSpec("none"), "draw"),
+    "layer": (NormSpec("layer"), "draw"),
+    "layer_full": (NormSpec("layer"), "paper"),
+    "rms": (NormSpec("rms"), "draw"),
+    "batch": (NormSpec("batch"), "draw"),
+    "weight": (NormSpec("weight"), "draw"),
+}
+
+
+def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
+    def step(params, rest, opt_state, batch, key):
+        def loss(p):
+            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
+            value, _ = loss_fn(model, batch, key)
+            return value, nnx.state(model, nnx.Not(nnx.Param))
+
+        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    return step
+
+
+def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
+    b, t, h, z, n = SCALES[scale]
+    image = (np.random.default_rng(0).random((b, 28, 28)) < 0.13).astype(np.float32)
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
+    calls, compile_s = {}, {}
+    for name in norms:
+        spec, variant = NORMS[name]
+        model = DRAW(norm=spec, glimpses=t, encoder_features=h, decoder_features=h, latent=z,
+                     read_size=n, cell_variant=variant, rngs=nnx.Rngs(0))
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        args = (params, rest, tx.init(params), {"image": image}, jax.random.key(1))
+        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        calls[name] = (compiled, args)
+    timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
+    base = timings["none"].median_s
+    return [[scale, f"B={b} T={t} H={h} Z={z} read {n}x{n}", name, timings[name].median_ms,
+             timings[name].median_s / base, compile_s[name]] for name in norms]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
+    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print_table(["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,22 +1,28 @@
-"""MS-COCO caption/image-feature pairs of the visual-semantic-embedding release (order embeddings).
+"""MS-COCO caption/image-feature pairs of the order-embedding release (Vendrov et al. 2016).
 
-Input per split (docs/paper.md §5): `coco_{split}_caps.txt`, one tokenised caption a line, five
-consecutive captions per image (caption `c` describes image `c // 5`), and `coco_{split}_ims.npy`,
-float32 `[images, 4096]` VGG19 fc7 10-crop features; splits `train`, `dev`, `test`. The later
-layout without the `coco_` prefix is the same data and is read as well. The prepared splits are
-named `train`, `validation` (from `dev`) and `test`.
+Input per split (docs/paper.md §5): one tokenised caption a line, five consecutive captions per
+image (caption `c` describes image `c // 5`), and a float32 `[images, 4096]` matrix of VGG19 fc7
+features (10-crop averages in the order-embedding release); splits `train`, `dev`, `test`.
+Three layouts are read (`LAYOUTS`, the first complete one wins): the visual-semantic-embedding
+release's (`coco_{split}_caps.txt`, `coco_{split}_ims.npy`), the same without the prefix, and
+the order-embedding release's `coco.zip` (`{train,val,test}.txt` with
+`images/10crop/{train,val,test}.npy`; its dev split is named `val`). The prepared splits are
+named `train`, `validation` (from dev) and `test`.
 
 One example per image: `image` (its feature row), `captions` (its five captions as text) and
 `index` (its row). Text keeps five ragged captions in one fixed-shape field; the pipeline encodes
-them with the vocabulary of the training captions (`vocab.json` next to the prepared dataset;
-ids 0/1/2 are `<pad>`/`<unk>`/`<eos>`). Tokenisation is the order-embedding code's: the release
-is tokenised, and captions are split on whitespace, with no lowercasing (the code does none).
-Deviation: the original built its vocabulary from train + dev captions; here it is train only.
-Features are stored as released; the order-embedding README notes that they were scaled to unit
-norm before training (the experiment's step, not this module's).
+them with the vocabulary saved next to the prepared dataset (`vocab.json`; ids 0/1/2 are
+`<pad>`/`<unk>`/`<eos>`). Tokenisation is the order-embedding code's: the release is tokenised,
+and captions are split on whitespace, with no lowercasing (the code does none). The vocabulary
+is the original's by default: every word of the training captions and of the captions of the
+first 1,000 dev images (the original's validation set); `CocoConfig.vocab_dev_images=0` keeps it
+to the training captions. Features are stored as released; the order-embedding README notes
+that they were scaled to unit norm before training (the experiment's step, not this module's).
 
-Evaluation follows the paper: the 5,000 test images are cut into 5 folds of 1,000
-(`fold_splits`), and recall is averaged over the folds.
+Training order (`make_pipeline`): by default the original's, each epoch a fresh shuffle of the
+images with one of their five captions drawn at random; every caption once per epoch, grouped by
+length, as an option. Evaluation follows the paper: the 5,000 test images are cut into 5 folds
+of 1,000 (`fold_splits`), and recall is averaged over the folds.
 """
 
 from __future__ import annotations
@@ -36,27 +42,42 @@ CAPTIONS_PER_IMAGE = 5
 EOS = "<eos>"
 SPLITS = {"train": "train", "validation": "dev", "test": "test"}  # prepared name -> file name
 CAPTION_BUCKETS = (8, 12, 16, 20, 24, 32, 48, 64)
+VALIDATION_IMAGES = 1000  # the original validates on (and takes words from) the first 1k dev images
+SAMPLERS = ("image", "caption")
+# (captions file, features file) per layout, `{name}` the file split and `{zip_name}` its name
+# in the order-embedding release, whose dev split is `val`.
+LAYOUTS = (
+    ("coco_{name}_caps.txt", "coco_{name}_ims.npy"),
+    ("{name}_caps.txt", "{name}_ims.npy"),
+    ("{zip_name}.txt", "images/10crop/{zip_name}.npy"),
+)
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 COCO for order embeddings: get the order-embedding release's data
-(`wget http://www.cs.toronto.edu/~vendrov/datasets/coco.zip`, Karpathy's splits with 10-crop
-VGG19 features; the visual-semantic-embedding release of ryankiros has the same files with a
-`coco_` prefix), unzip it, and put the caption and feature files directly in the manual
-directory: `train_caps.txt`, `dev_caps.txt`, `test_caps.txt`, `train_ims.npy`, `dev_ims.npy`,
-`test_ims.npy`, or the same names as `coco_train_caps.txt` and so on.
+(`wget http://www.cs.toronto.edu/~vendrov/order/coco.zip`: Karpathy's splits with 10-crop VGG19
+features), unzip it, and pass the folder holding `train.txt`, `val.txt`, `test.txt` and
+`images/10crop/{train,val,test}.npy` as the manual directory. The visual-semantic-embedding
+release's files (`coco_train_caps.txt`, `coco_train_ims.npy`, ... for train, dev and test, with
+or without the `coco_` prefix) are read as well.
 """
 
 
 def split_files(root: Path, name: str) -> tuple[Path, Path]:
-    """`(captions, features)` of one file split under `root`, in whichever layout is present
-    (`coco_` prefix first); a DataError listing both layouts when neither is complete."""
-    for prefix in ("coco_", ""):
-        caps, ims = root / f"{prefix}{name}_caps.txt", root / f"{prefix}{name}_ims.npy"
+    """`(captions, features)` of one file split (`train`, `dev` or `test`) under `root`, in the
+    first layout of `LAYOUTS` that is complete; a DataError listing the layouts otherwise."""
+    zip_name = "val" if name == "dev" else name
+    candidates = [
+        (root / caps.format(name=name, zip_name=zip_name), root / ims.format(name=name,
+                                                                             zip_name=zip_name))
+        for caps, ims in LAYOUTS
+    ]
+    for caps, ims in candidates:
         if caps.exists() and ims.exists():
             return caps, ims
+    listed = "; ".join(f"{c.relative_to(root)} and {i.relative_to(root)}" for c, i in candidates)
     raise DataError(
-        f"missing files in {root}: coco_{name}_caps.txt and coco_{name}_ims.npy "
-        f"(or {name}_caps.txt and {name}_ims.npy)\n{MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
+        f"missing files in {root} for the {name} split: expected one of {listed}\n"
+        f"{MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
     )
 
 
@@ -103,11 +124,26 @@ def read_split(root: Path, name: str, feature_dim: int) -> tuple[list[str], np.n
 @dataclasses.dataclass(eq=False)
 class CocoConfig(tfds.core.BuilderConfig):
     """Feature width and vocabulary. The config name identifies a prepared dataset: give
-    changed parameters a new name."""
+    changed parameters a new name (`coco_config` does)."""
 
     feature_dim: int = 4096
     vocab_size: int | None = None  # specials included; None keeps every word
     min_count: int = 1
+    # Captions of the first `vocab_dev_images` dev images join the training captions in the
+    # vocabulary (the original's choice: its validation images); 0: training captions only.
+    vocab_dev_images: int = VALIDATION_IMAGES
+
+
+def coco_config(*, feature_dim: int = 4096, vocab_dev_images: int = VALIDATION_IMAGES
+                ) -> CocoConfig:
+    """The default config, or a variant named after its parameters (each prepares into its own
+    folder)."""
+    if (feature_dim, vocab_dev_images) == (4096, VALIDATION_IMAGES):
+        return Coco.BUILDER_CONFIGS[0]
+    if vocab_dev_images < 0:
+        raise ValueError(f"vocab_dev_images={vocab_dev_images}: expected >= 0")
+    return CocoConfig(name=f"dim{feature_dim}_devvocab{vocab_dev_images}",
+                      feature_dim=feature_dim, vocab_dev_images=vocab_dev_images)
 
 
 class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -117,7 +153,11 @@ class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     `lnorm.data.common.prepare`. File order is kept, so `index` is the example's position.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {  # noqa: RUF012 (TFDS API)
+        "1.1.0": "Vocabulary from train + the first 1k dev images' captions by default; the "
+                 "order-embedding release's layout.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
     BUILDER_CONFIGS = [CocoConfig(name="default")]  # noqa: RUF012 (TFDS API)
 
@@ -141,6 +181,9 @@ class Coco(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for name in SPLITS.values():  # fail fast on a missing split, before the long work
             split_files(root, name)
         captions, _ = read_split(root, SPLITS["train"], cfg.feature_dim)
+        if cfg.vocab_dev_images:
+            dev, _ = read_split(root, SPLITS["validation"], cfg.feature_dim)
+            captions += dev[: CAPTIONS_PER_IMAGE * cfg.vocab_dev_images]
         vocab = Vocab.build(
             (c.split() for c in captions),
             max_size=cfg.vocab_size,
@@ -202,30 +245,66 @@ class CaptionPairs:
         return np.array([len(c) for c in self.captions])
 
 
+class OneCaptionPerImage(Pipeline):
+    """The original's training order over `CaptionPairs`: each epoch a fresh shuffle of the
+    images (from `(seed, epoch)`), each paired with one of its five captions drawn at random,
+    cut into batches in that order (no length grouping). An epoch is one pass over the images;
+    the plan is a function of `(seed, epoch)` only, so a run resumes at any batch."""
+
+    def __init__(self, pairs: CaptionPairs, **kwargs):
+        super().__init__(pairs, **kwargs)
+        self.num_images = len(pairs.images)
+
+    def __len__(self) -> int:
+        n, b = self.num_images, self.batch_size
+        return n // b if self.drop_remainder else -(-n // b)
+
+    def plan(self, epoch: int) -> list[np.ndarray]:
+        n, b = self.num_images, self.batch_size
+        rng = np.random.default_rng([self.seed, epoch])
+        images = rng.permutation(n) if self.shuffle else np.arange(n)
+        pairs = images * CAPTIONS_PER_IMAGE + rng.integers(CAPTIONS_PER_IMAGE, size=n)
+        full = n // b * b
+        batches = list(pairs[:full].reshape(-1, b))
+        if full < n and not self.drop_remainder:
+            batches.append(pairs[full:])
+        return batches
+
+
 def make_pipeline(
     source: Source | CaptionPairs,
     vocab: Vocab,
     *,
     batch_size: int,
     seed: int = 0,
+    sampler: str = "image",
     shuffle: bool = True,
-    drop_remainder: bool = False,
+    drop_remainder: bool | None = None,
     buckets: tuple[int, ...] | None = CAPTION_BUCKETS,
     bucket_by_length: bool = True,
 ) -> Pipeline:
-    """Training batches of (caption, image) pairs, every caption once per epoch:
-    `caption [B, L]` int32 ids ending in `<eos>`, `caption_mask`, `caption_length` (`<eos>`
-    counted), `image [B, D]`, `image_index [B]`. With `bucket_by_length` a batch holds
-    captions of similar length, as the original's same-length batches did."""
+    """Training batches of (caption, image) pairs: `caption [B, L]` int32 ids ending in
+    `<eos>`, `caption_mask`, `caption_length` (`<eos>` counted), `image [B, D]`,
+    `image_index [B]`; `L` is the smallest of `buckets` that fits the batch.
+
+    `sampler="image"` (the original's): each epoch every image once, with one of its captions
+    drawn at random; the last partial batch is dropped unless `drop_remainder=False`.
+    `sampler="caption"`: every caption once per epoch, the last partial batch kept unless
+    `drop_remainder=True`, and with `bucket_by_length` batches of captions of similar length.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r}: expected one of {SAMPLERS}")
     pairs = source if isinstance(source, CaptionPairs) else CaptionPairs(source, vocab)
+    common = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
+                  pad={"caption": Pad(buckets=buckets)})
+    if sampler == "image":
+        drop = True if drop_remainder is None else drop_remainder
+        return OneCaptionPerImage(pairs, drop_remainder=drop, **common)
     return Pipeline(
         pairs,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        drop_remainder=drop_remainder,
-        pad={"caption": Pad(buckets=buckets)},
+        drop_remainder=bool(drop_remainder),
         lengths=pairs.lengths() if bucket_by_length else None,
+        **common,
     )
 
 

@@ -79,7 +79,9 @@ def test_experiment_files_open_with_package_and_run_comment():
 @pytest.mark.parametrize("norm", NORMS)
 def test_every_normaliser_composes(norm):
     conf, _, _ = resolve(_compose("+exp=pmnist", f"norm={norm}"))
-    assert conf.norm.name == norm
+    spec = OmegaConf.load(CONFIGS / "norm" / f"{norm}.yaml")
+    assert conf.norm.name == spec.name  # e.g. batch_everywhere: name batch, placement everywhere
+    assert conf.norm.placement == spec.get("placement", "paper")
 
 
 def test_overrides_reach_the_dataclasses():

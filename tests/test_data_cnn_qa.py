@@ -181,3 +181,86 @@ def test_synthetic_answers_recoverable_after_relabelling(synthetic):
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(48))  # every question once per epoch
     assert right / total >= 0.9 > 2 * chance / total
+
+
+# Top-k sentence filtering, on the hand-made corpus's vocabulary: "." is id 7, "met" 8,
+# "paris" 9, "saw" 10, "big" 11, "in" 12, "is" 13, "smiled" 14, @placeholder 2, entities 3-6.
+TOP_K_CONTEXT = np.array([
+    8, 9, 7,          # met paris .         (query words met, paris: 2)
+    10, 11, 7,        # saw big .           (0)
+    4, 8, 12, 9, 7,   # @e1 met in paris .  (met, paris, @entity1: 3)
+    13, 14, 7,        # is smiled .         (0)
+    10, 8,            # saw met             (1; a trailing piece without "." is a sentence)
+], np.int32)
+TOP_K_QUERY = np.array([2, 8, 9, 4, 7, 0], np.int32)  # @placeholder met paris @e1 . <pad>
+
+
+def test_top_k_keeps_the_most_relevant_sentences_in_document_order(hand):
+    vocab = load_vocab(hand)
+    top = cnn_qa.TopKSentences(vocab, 2)
+    assert top.spans(TOP_K_CONTEXT, TOP_K_QUERY) == [(0, 3), (6, 11)]
+    np.testing.assert_array_equal(top(TOP_K_CONTEXT, TOP_K_QUERY), [8, 9, 7, 4, 8, 12, 9, 7])
+    # Ties go to the earlier sentence; placeholder, padding and "." never count.
+    tied = cnn_qa.TopKSentences(vocab, 1)
+    assert tied.spans(TOP_K_CONTEXT, np.array([2, 10, 7, 0], np.int32)) == [(3, 6)]
+    assert tied.spans(TOP_K_CONTEXT, np.array([2, 7, 0], np.int32)) == [(0, 3)]
+    assert cnn_qa.TopKSentences(vocab, 4).spans(TOP_K_CONTEXT, TOP_K_QUERY)[-1] == (14, 16)
+    whole = cnn_qa.TopKSentences(vocab, 5)
+    np.testing.assert_array_equal(whole(TOP_K_CONTEXT, TOP_K_QUERY), TOP_K_CONTEXT)
+    with pytest.raises(ValueError, match="top_k_sentences=0"):
+        cnn_qa.TopKSentences(vocab, 0)
+
+
+def test_top_k_can_remove_the_answer_and_the_ceiling_says_so(hand):
+    vocab = load_vocab(hand)
+    source = [{"context": TOP_K_CONTEXT, "query": TOP_K_QUERY, "answer": np.int32(a),
+               "candidates": np.array([1], np.int32), "index": np.int32(i)}
+              for i, a in enumerate((1, 1))]  # @entity1 is in the kept third sentence
+    assert cnn_qa.TopKSentences(vocab, 2).answer_kept(source, answer_offset=3) == 1.0
+    source[1] = {**source[1], "query": np.array([2, 10, 11], np.int32)}  # keeps "saw big ."
+    assert cnn_qa.TopKSentences(vocab, 1).answer_kept(source, answer_offset=3) == 0.5
+    p = cnn_qa.make_pipeline(source, vocab, batch_size=2, shuffle=False, top_k_sentences=1,
+                             context_buckets=None, query_buckets=None)
+    np.testing.assert_array_equal(p.lengths, [5, 3])  # bucketing sees the shortened lengths
+    (batch,) = list(p.batches(0))  # shortest first
+    assert batch["index"].tolist() == [1, 0] and batch["context_length"].tolist() == [3, 5]
+    np.testing.assert_array_equal(batch["context"][0, :3], [10, 11, 7])
+    # The candidates stay the whole document's entities, so the answer is always one of them.
+    assert batch["candidate_mask"][:, 1].all()
+
+
+def _top_k_reference(context: list[int], query: list[int], k: int, ends: set[int],
+                     ignored: set[int]) -> list[int]:
+    """Brute force: split after sentence ends, score by shared distinct query words, keep the
+    k best (earlier first among equals), in document order."""
+    sentences, current = [], []
+    for token in context:
+        current.append(token)
+        if token in ends:
+            sentences.append(current)
+            current = []
+    sentences += [current] if current else []
+    words = set(query) - ignored
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(words & set(sentences[i])), i))
+    return [t for i in sorted(ranked[:k]) for t in sentences[i]]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_top_k_matches_a_brute_force_reference_through_the_pipeline(synthetic, k):
+    vocab = load_vocab(synthetic)
+    ends = {vocab.index["."]}
+    ignored = ends | {vocab.pad_id, vocab.index[cnn_qa.PLACEHOLDER]}
+    source = synthetic.as_data_source("train")
+    p = cnn_qa.make_pipeline(source, vocab, batch_size=16, seed=2, relabel_entities=True,
+                             top_k_sentences=k)
+    relabel = cnn_qa.Relabel(vocab, seed=2)
+    seen = 0
+    for batch in p.batches(0):
+        for i, index in enumerate(batch["index"]):
+            example = relabel(source[int(index)])  # relabelling commutes with the filtering
+            expected = _top_k_reference(example["context"].tolist(), example["query"].tolist(),
+                                        k, ends, ignored)
+            got = batch["context"][i, : batch["context_length"][i]].tolist()
+            assert got == expected
+            seen += 1
+    assert seen == len(source)

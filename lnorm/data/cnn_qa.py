@@ -16,11 +16,18 @@ always include the answer) are stored as entity numbers `0..E-1`, the model's ou
 `make_pipeline(..., relabel_entities=True)` re-shuffles entity ids per example as in the
 attentive-reader papers: a random permutation of the E markers, fixed by the seed and the
 example's index, applied to context, query, answer and candidates alike.
+
+`make_pipeline(..., top_k_sentences=k)` shortens each context to its k sentences most relevant
+to the query (`TopKSentences`), the "top-4 sentences" data of the recurrent-batch-norm setup.
+It can remove every mention of the answer, so it caps the accuracy any model can reach:
+`TopKSentences.answer_kept` measures that ceiling. The candidates stay the entities of the
+whole document.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -37,6 +44,7 @@ PLACEHOLDER = "@placeholder"
 ENTITY_PREFIX = "@entity"
 ENTITY = re.compile(r"@entity(\d+)")
 SPLITS = {"train": "training", "validation": "validation", "test": "test"}  # prepared -> dir
+SENTENCE_END = (".", "!", "?")  # tokens that end a sentence, for `TopKSentences`
 CONTEXT_BUCKETS = (128, 256, 512, 768, 1024, 1536, 2048)
 QUERY_BUCKETS = (16, 32, 48, 64)
 
@@ -243,6 +251,60 @@ class Relabel:
         }
 
 
+class TopKSentences:
+    """Keeps the `k` sentences of a context that share the most distinct word types with the
+    query, in document order.
+
+    Sentences end after each `.`, `!` or `?` token (a trailing piece without one is a sentence
+    too). A sentence's score is the number of distinct query token ids it contains, the
+    placeholder, padding and sentence-end tokens not counted; ties go to the earlier sentence.
+    The recurrent-batch-norm setup ships its top-4 data without the rule that made it, so this
+    one is ours. Contexts of at most `k` sentences are kept whole.
+    """
+
+    def __init__(self, vocab: Vocab, k: int):
+        if k < 1:
+            raise ValueError(f"top_k_sentences={k}: expected a positive number of sentences")
+        self.k = k
+        self.ends = np.array([vocab.index[t] for t in SENTENCE_END if t in vocab], np.int32)
+        self.ignored = np.concatenate(
+            [self.ends, [vocab.pad_id, vocab.index[PLACEHOLDER]]]).astype(np.int32)
+
+    def spans(self, context: np.ndarray, query: np.ndarray) -> list[tuple[int, int]]:
+        """The `(start, stop)` token spans of the kept sentences, in document order."""
+        stops = np.flatnonzero(np.isin(context, self.ends)) + 1
+        bounds = [0, *stops.tolist()]
+        if bounds[-1] < len(context):
+            bounds.append(len(context))
+        spans = list(itertools.pairwise(bounds))
+        if len(spans) <= self.k:
+            return spans
+        words = np.setdiff1d(np.unique(query), self.ignored)
+        scores = [np.isin(words, context[a:b]).sum() for a, b in spans]
+        best = sorted(np.argsort(-np.asarray(scores), kind="stable")[: self.k])
+        return [spans[i] for i in best]
+
+    def __call__(self, context: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """The shortened context."""
+        return np.concatenate([context[a:b] for a, b in self.spans(context, query)])
+
+    def answer_kept(self, source: Source, answer_offset: int) -> float:
+        """The fraction of `source`'s questions whose answer survives the filtering: the
+        highest accuracy a reader of the shortened contexts can reach."""
+        kept = [answer_offset + e["answer"] in self(e["context"], e["query"])
+                for e in _examples(source)]
+        return float(np.mean(kept))
+
+    def lengths(self, source: Source) -> np.ndarray:
+        """The shortened context length of every example of `source` (for bucketing)."""
+        return np.array([len(self(e["context"], e["query"])) for e in _examples(source)])
+
+
+def _examples(source: Source, chunk: int = 4096) -> Iterator[Example]:
+    for lo in range(0, len(source), chunk):
+        yield from _read_many(source, list(range(lo, min(lo + chunk, len(source)))))
+
+
 def make_pipeline(
     source: Source,
     vocab: Vocab,
@@ -255,12 +317,17 @@ def make_pipeline(
     context_buckets: tuple[int, ...] | None = CONTEXT_BUCKETS,
     query_buckets: tuple[int, ...] | None = QUERY_BUCKETS,
     bucket_by_length: bool = True,
+    top_k_sentences: int | None = None,
 ) -> Pipeline:
     """Batches of questions: `context [B, L]` and `query [B, Q]` int32 ids with `_mask` and
-    `_length`, `answer [B]` (entity number), `candidate_mask [B, E]` (the context's entities)
+    `_length`, `answer [B]` (entity number), `candidate_mask [B, E]` (the document's entities)
     and `index [B]`. `relabel_entities` re-shuffles entity ids per example (from `seed`);
-    `bucket_by_length` groups questions of similar context length (one pass over `source`)."""
+    `top_k_sentences` shortens each context to its k sentences most relevant to the query
+    (`TopKSentences`); `bucket_by_length` groups questions of similar (shortened) context
+    length (one pass over `source`)."""
     relabel = Relabel(vocab, seed) if relabel_entities else None
+    if top_k_sentences is not None:
+        source = _Shortened(source, TopKSentences(vocab, top_k_sentences))
     _, count = entity_block(vocab)
 
     def transform(example: Example) -> Example:
@@ -286,6 +353,30 @@ def make_pipeline(
         pad={"context": Pad(buckets=context_buckets), "query": Pad(buckets=query_buckets)},
         lengths=sequence_lengths(source, "context") if bucket_by_length else None,
     )
+
+
+class _Shortened:
+    """`source` with every context shortened by `top_k`, computed once (the filtering depends
+    on the stored example only) and kept in memory: later epochs read it for free."""
+
+    def __init__(self, source: Source, top_k: TopKSentences):
+        self.source = source
+        self.contexts = [top_k(e["context"], e["query"]) for e in _examples(source)]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Example:
+        return {**self.source[index], "context": self.contexts[index]}
+
+    def __getitems__(self, indices: list[int]) -> list[Example]:
+        return [{**e, "context": self.contexts[i]}
+                for i, e in zip(indices, _read_many(self.source, indices), strict=True)]
+
+
+def _read_many(source: Source, indices: list[int]) -> list[Example]:
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(indices)) if getitems else [source[i] for i in indices]
 
 
 def write_synthetic(out_dir: str | os.PathLike, *, num_examples: int, seed: int) -> Path:

@@ -1,0 +1,100 @@
+"""Training-step speed of the attentive reader per normaliser, measured in one run.
+
+    python -m scripts.bench_attentive_reader [--scales small paper] [--rounds 4]
+
+One step is the experiment's own loss (`experiments.attentive_reader.objective.loss_fn`, dropout
+on) under `jax.jit(jax.value_and_grad)` plus the optax update the trainer uses (global-norm clip
+10, then Adam), on a random batch of the scale's shape: batch B, context length T (the padded
+bucket), query length Q, hidden size H, vocabulary V. Compile time (lower + compile) and the
+median step time are printed per normaliser, with the ratio to `norm=none`; the normalisers are
+timed round-robin so that load on a shared machine hits them alike. The target (issue 11): the
+LN-LSTM reader's step at most 1.25x the plain one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+from experiments.attentive_reader.model import AttentiveReader
+from experiments.attentive_reader.objective import loss_fn
+from lnorm.norms import NormSpec
+from scripts.benchutil import compile_fn, measure_interleaved, print_table
+
+# (B, T, Q, H, V): small = configs/exp/attentive_reader/small.yaml on the real-text cloze set
+# (top-4 contexts padded to 256, a 2,000-word vocabulary); paper = the paper's reader (H 240,
+# batch 64) on top-4 CNN contexts (bucket 512, the 118k-word CNN vocabulary).
+SCALES = {"small": (32, 256, 48, 64, 2_000), "paper": (64, 512, 64, 240, 118_497)}
+NORMS = {
+    "none": NormSpec("none"),
+    "layer": NormSpec("layer"),
+    "batch": NormSpec("batch"),
+    "batch_everywhere": NormSpec("batch", placement="everywhere"),
+}
+ENTITIES = 45
+
+
+def _batch(b: int, t: int, q: int, v: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random ids with a ragged valid prefix per row (the pipeline's padding and masks)."""
+    rng = np.random.default_rng(seed)
+    c_len, q_len = rng.integers(t // 2, t + 1, b), rng.integers(q // 2, q + 1, b)
+    c_mask, q_mask = np.arange(t) < c_len[:, None], np.arange(q) < q_len[:, None]
+    return {
+        "context": np.where(c_mask, rng.integers(1, v, (b, t)), 0).astype(np.int32),
+        "context_mask": c_mask,
+        "query": np.where(q_mask, rng.integers(1, v, (b, q)), 0).astype(np.int32),
+        "query_mask": q_mask,
+        "answer": rng.integers(0, ENTITIES, b).astype(np.int32),
+    }
+
+
+def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
+    def step(params, rest, opt_state, batch, key):
+        def loss(p):
+            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
+            value, _ = loss_fn(model, batch, key)
+            return value, nnx.state(model, nnx.Not(nnx.Param))
+
+        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    return step
+
+
+def bench(scale: str, rounds: int) -> list[list[Any]]:
+    b, t, q, h, v = SCALES[scale]
+    batch = _batch(b, t, q, v)
+    tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
+    calls, compile_s = {}, {}
+    for name, spec in NORMS.items():
+        model = AttentiveReader(v, entity_offset=3, num_entities=ENTITIES, hidden=h, norm=spec,
+                                context_t_max=t, query_t_max=q, rngs=nnx.Rngs(0))
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        args = (params, rest, tx.init(params), batch, jax.random.key(1))
+        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        calls[name] = (compiled, args)
+    timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
+    base = timings["none"].median_s
+    return [[scale, f"B={b} T={t} Q={q} H={h} V={v}", name, timings[name].median_ms,
+             timings[name].median_s / base, compile_s[name]] for name in NORMS]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    rows = [row for scale in args.scales for row in bench(scale, args.rounds)]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print_table(["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"], rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lnorm.cells import GRUCell
+from lnorm.initializers import block_orthogonal, symmetric_uniform
 from lnorm.norms import NormSpec
 from lnorm.rnn import RNN
 
@@ -29,27 +30,6 @@ Array = jax.Array
 METHODS = ("order", "cosine")
 MARGINS = {"order": 0.05, "cosine": 0.2}  # the original's driver.py, per method
 _L2_EPS = 1e-12  # guards only all-zero rows (e.g. a zero feature vector)
-_ORTHOGONAL = nnx.initializers.orthogonal()
-
-
-def symmetric_uniform(scale: float) -> nnx.Initializer:
-    """Uniform on `[-scale, scale]` (the original's `norm_weight`; flax's `uniform` is `[0, s)`)."""
-
-    def init(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-        return jax.random.uniform(key, shape, dtype, -scale, scale)
-
-    return init
-
-
-def block_orthogonal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
-    """`[H, k H]` as k independent orthogonal `H x H` blocks, one per gate term, as the original
-    initialised `U = [ortho, ortho]` and `U_x = ortho` (orthogonal init of the whole `[H, 3H]`
-    matrix would shrink each block's singular values to about 1/sqrt(3))."""
-    rows, cols = shape
-    if cols % rows:
-        raise ValueError(f"block_orthogonal: shape {shape} is not [H, k H]")
-    keys = jax.random.split(key, cols // rows)
-    return jnp.concatenate([_ORTHOGONAL(k, (rows, rows), dtype) for k in keys], axis=1)
 
 
 def l2_normalize(x: Array) -> Array:
@@ -123,4 +103,4 @@ class OrderEmbedding(nnx.Module):
         return self.embed_captions(caption, lengths), self.embed_images(image)
 
 
-__all__ = ["MARGINS", "METHODS", "OrderEmbedding", "block_orthogonal", "l2_normalize"]
+__all__ = ["MARGINS", "METHODS", "OrderEmbedding", "l2_normalize"]

@@ -8,11 +8,12 @@ import pytest
 from flax import nnx
 
 from experiments.order_embeddings import objective
-from experiments.order_embeddings.model import OrderEmbedding, block_orthogonal
+from experiments.order_embeddings.model import OrderEmbedding
 from lnorm.data import coco
 from lnorm.data.common import prepare
 from lnorm.data.vocab import load_vocab
 from lnorm.eval.retrieval import cosine_scores, order_scores
+from lnorm.initializers import block_orthogonal
 from lnorm.norms import NORMS, NormSpec
 from lnorm.optim import clip_by_tensor_norm
 

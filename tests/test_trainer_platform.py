@@ -185,3 +185,18 @@ def test_early_stopping_needs_a_metric(tmp_path):
 def test_summary_is_the_final_result(tmp_path):
     result = train(make_task(), _config(steps=8), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text()) == result
+
+
+def test_a_lost_summary_is_rewritten_by_rerunning_the_finished_run(tmp_path):
+    """summary.json lost (a failed write, a deleted file): re-running the finished run writes it
+    again from the checkpoints, without training, and the log keeps one final record."""
+    task = make_task()
+    task.evaluators = {"test": Evaluator(lambda m, ctx: {"score": 1.0}, final=True)}
+    result = train(task, _config(steps=8), tmp_path)
+    (tmp_path / "summary.json").unlink()
+    again = make_task()
+    again.train_batches = None  # a finished run must not ask for data
+    again.evaluators = task.evaluators
+    assert train(again, _config(steps=8), tmp_path) == result
+    assert json.loads((tmp_path / "summary.json").read_text()) == result
+    assert sum("selected_step" in r for r in _records(tmp_path)) == 1

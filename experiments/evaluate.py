@@ -23,6 +23,7 @@ import experiments
 from experiments.run import resolve
 from experiments.schema import ConfigError
 from lnorm.checkpoint import checkpoint_steps, load_model
+from lnorm.data.common import DataError
 from lnorm.logger import write_json_atomic
 from lnorm.runinfo import EVAL_DIR, RUN_INFO_FILE
 from lnorm.trainer import Evaluator, run_evaluators
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = evaluate_run(args.run_dir, step=args.step, stages=args.stage,
                                evaluators=not args.no_evaluators)
-    except (FileNotFoundError, ConfigError, experiments.UnknownExperimentError) as e:
+    except (FileNotFoundError, ConfigError, DataError, experiments.UnknownExperimentError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for step, values in results.items():

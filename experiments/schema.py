@@ -19,6 +19,14 @@ from lnorm.trainer import TrainConfig
 SCALES = ("paper", "small", "tiny")
 
 
+def require_positive(section: str, config: object, keys: tuple[str, ...]) -> None:
+    """`section.key` must be a positive integer (or null) for each of `keys` of `config`."""
+    for key in keys:
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ValueError(f"{section}.{key}={value}: expected a positive integer")
+
+
 class ConfigError(ValueError):
     """The composed config does not match the schema (unknown key, wrong type, missing value,
     a value out of range). Defined here, not in `experiments.run`: run as `python -m`, that

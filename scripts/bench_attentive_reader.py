@@ -24,7 +24,7 @@ from flax import nnx
 from experiments.attentive_reader.model import AttentiveReader
 from experiments.attentive_reader.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table
+from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
 
 # (B, T, Q, H, V): small = configs/exp/attentive_reader/small.yaml on the real-text cloze set
 # (top-4 contexts padded to 256, a 2,000-word vocabulary); paper = the paper's reader (H 240,
@@ -53,20 +53,6 @@ def _batch(b: int, t: int, q: int, v: int, seed: int = 0) -> dict[str, np.ndarra
     }
 
 
-def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
-    def step(params, rest, opt_state, batch, key):
-        def loss(p):
-            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
-            value, _ = loss_fn(model, batch, key)
-            return value, nnx.state(model, nnx.Not(nnx.Param))
-
-        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, value
-
-    return step
-
-
 def bench(scale: str, rounds: int) -> list[list[Any]]:
     b, t, q, h, v = SCALES[scale]
     batch = _batch(b, t, q, v)
@@ -78,7 +64,7 @@ def bench(scale: str, rounds: int) -> list[list[Any]]:
         model.train()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         args = (params, rest, tx.init(params), batch, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
         calls[name] = (compiled, args)
     timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
     base = timings["none"].median_s

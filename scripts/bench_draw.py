@@ -26,7 +26,7 @@ from flax import nnx
 from experiments.draw.model import DRAW
 from experiments.draw.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table
+from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
 
 # (B, T, H, Z, read N): configs/exp/draw/small.yaml and the paper's model (configs/exp/draw.yaml).
 SCALES = {"small": (64, 16, 128, 32, 5), "paper": (128, 64, 256, 100, 2)}
@@ -38,20 +38,6 @@ NORMS = {  # name -> (NormSpec, cell_variant)
     "batch": (NormSpec("batch"), "draw"),
     "weight": (NormSpec("weight"), "draw"),
 }
-
-
-def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
-    def step(params, rest, opt_state, batch, key):
-        def loss(p):
-            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
-            value, _ = loss_fn(model, batch, key)
-            return value, nnx.state(model, nnx.Not(nnx.Param))
-
-        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, value
-
-    return step
 
 
 def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
@@ -66,7 +52,7 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
         model.train()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         args = (params, rest, tx.init(params), {"image": image}, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
         calls[name] = (compiled, args)
     timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
     base = timings["none"].median_s

@@ -26,26 +26,12 @@ from flax import nnx
 from experiments.handwriting.model import HandwritingSynthesis
 from experiments.handwriting.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table
+from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
 
 # (B, T, U, V, L, H, K, M): configs/exp/handwriting/small.yaml and the paper's network (57
 # symbols, IAM-OnDB's ~40-character lines).
 SCALES = {"small": (8, 300, 40, 57, 3, 128, 10, 10), "paper": (8, 500, 40, 57, 3, 400, 10, 20)}
 NORMS = ("none", "layer", "rms", "weight", "batch")
-
-
-def _step_fn(graphdef: Any, tx: optax.GradientTransformation):
-    def step(params, rest, opt_state, batch, key):
-        def loss(p):
-            model = nnx.merge(graphdef, p, rest, copy=True)  # BN updates its statistics
-            value, _ = loss_fn(model, batch, key)
-            return value, nnx.state(model, nnx.Not(nnx.Param))
-
-        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), rest, opt_state, value
-
-    return step
 
 
 def _batch(b: int, t: int, u: int, v: int) -> dict[str, np.ndarray]:
@@ -69,7 +55,7 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
         model.train()
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         args = (params, rest, tx.init(params), batch, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(_step_fn(graphdef, tx), *args)
+        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
         calls[name] = (compiled, args)
     timings = measure_interleaved(calls, rounds=rounds, repeats=2, warmup=1)
     base, base_min = timings["none"].median_s, timings["none"].min_s

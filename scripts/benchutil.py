@@ -30,6 +30,27 @@ class Timing:
         return self.median_s * 1e3
 
 
+def train_step_fn(graphdef: Any, tx: Any, loss_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An experiment's training step as the trainer runs it, for timing: the loss of the model
+    merged from `(params, rest)` (copy=True, so batch norm may update its statistics), its
+    gradient, and the optax update. `step(params, rest, opt_state, batch, key)`."""
+    import jax
+    import optax
+    from flax import nnx
+
+    def step(params, rest, opt_state, batch, key):
+        def loss(p):
+            model = nnx.merge(graphdef, p, rest, copy=True)
+            value, _ = loss_fn(model, batch, key)
+            return value, nnx.state(model, nnx.Not(nnx.Param))
+
+        (value, rest), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), rest, opt_state, value
+
+    return step
+
+
 def compile_fn(fn: Callable[..., Any], *args: Any) -> tuple[Callable[..., Any], float]:
     """Jits, lowers and compiles `fn` for `args`; returns (compiled callable, compile seconds)."""
     start = time.perf_counter()

@@ -41,17 +41,10 @@ from experiments.draw.data import BINARIZATIONS, load_splits
 from experiments.draw.evaluate import bound, iwae_stage, pictures, sample_stage
 from experiments.draw.model import DRAW
 from experiments.draw.objective import loss_fn
-from experiments.schema import ConfigError, RunConfig
+from experiments.schema import ConfigError, RunConfig, require_positive
 from lnorm.data.binarized_mnist import make_pipeline
 from lnorm.data.common import DataError
 from lnorm.trainer import EvalContext, Evaluator, Task
-
-
-def _require_positive(section: str, config: object, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ValueError(f"{section}.{key}={value}: expected a positive integer")
 
 
 @dataclasses.dataclass
@@ -69,7 +62,7 @@ class DataConfig:
         if self.binarization not in BINARIZATIONS:
             raise ValueError(f"data.binarization={self.binarization!r}: expected one of "
                              f"{BINARIZATIONS}")
-        _require_positive("data", self, ("eval_batch_size", "validation_examples",
+        require_positive("data", self, ("eval_batch_size", "validation_examples",
                                          "synthetic_size"))
 
 
@@ -90,7 +83,7 @@ class ModelConfig:
     iwae_samples: int = 50  # importance samples per test image of the `iwae` stage
 
     def __post_init__(self) -> None:
-        _require_positive("model", self, ("glimpses", "encoder_features", "decoder_features",
+        require_positive("model", self, ("glimpses", "encoder_features", "decoder_features",
                                           "latent", "pictures", "grid_samples", "samples",
                                           "iwae_samples"))
 

@@ -50,16 +50,9 @@ from experiments.handwriting.data import CORPORA, Corpus, load_corpus, pipeline
 from experiments.handwriting.evaluate import encode, nll, samples
 from experiments.handwriting.model import HandwritingSynthesis
 from experiments.handwriting.objective import loss_fn
-from experiments.schema import ConfigError, RunConfig
+from experiments.schema import ConfigError, RunConfig, require_positive
 from lnorm.data.common import DataError
 from lnorm.trainer import EvalContext, Evaluator, Task
-
-
-def _require_positive(section: str, config: object, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = getattr(config, key)
-        if value is not None and value < 1:
-            raise ValueError(f"{section}.{key}={value}: expected a positive integer")
 
 
 @dataclasses.dataclass
@@ -82,7 +75,7 @@ class DataConfig:
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"data.validation_fraction={self.validation_fraction}: expected a "
                              "fraction in (0, 1)")
-        _require_positive("data", self, ("eval_batch_size", "synthetic_size"))
+        require_positive("data", self, ("eval_batch_size", "synthetic_size"))
         if self.max_points is not None and self.max_points < 2:
             raise ValueError(f"data.max_points={self.max_points}: expected >= 2 (a point to read "
                              "and one to predict) or null")
@@ -105,7 +98,7 @@ class ModelConfig:
     sample_every: int | None = None  # steps between samples; None: train.eval_every
 
     def __post_init__(self) -> None:
-        _require_positive("model", self, ("hidden", "layers", "window_mixtures",
+        require_positive("model", self, ("hidden", "layers", "window_mixtures",
                                           "output_mixtures", "unroll", "sample_max_steps",
                                           "sample_every"))
         if not self.kappa_step_init > 0:

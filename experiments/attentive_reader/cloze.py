@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from lnorm.data.cnn_qa import ENTITY_PREFIX, PLACEHOLDER, SPLITS
-from lnorm.data.common import DataError, data_root, md5
+from lnorm.data.common import DataError, data_root, md5, write_folder_once
 
 SDIST = "brotli==1.2.1"
 SDIST_DIR = "brotli-1.2.1/tests/testdata/"
@@ -315,13 +315,5 @@ def cloze_corpus(data_dir: str | os.PathLike | None) -> tuple[Path, Path]:
     files = root / "files"
     if not files.exists():
         books = fetch_books(root / "books")
-        tmp = Path(tempfile.mkdtemp(prefix=".files-", dir=root))
-        try:
-            write_cloze(books, tmp)
-            os.replace(tmp, files)
-        except OSError:
-            if not files.exists():  # not another process having won the race
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_folder_once(files, lambda out: write_cloze(books, out))
     return files, root / "prepared"

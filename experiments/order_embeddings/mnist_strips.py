@@ -22,14 +22,12 @@ features instead of a trained CNN's.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from lnorm.data.coco import CAPTIONS_PER_IMAGE
-from lnorm.data.common import data_root
+from lnorm.data.common import data_root, write_folder_once
 from lnorm.data.mnist import load_mnist
 
 DIGITS_PER_STRIP = 4
@@ -119,16 +117,8 @@ def mnist_strips_files(data_dir: str | os.PathLike | None, *, num_examples: int,
     files = root / "files"
     if not files.exists():
         mnist = load_mnist(data_dir)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".files-", dir=root))
-        try:
-            write_mnist_strips(tmp, num_examples=num_examples, seed=seed, mnist=mnist)
-            os.replace(tmp, files)
-        except OSError:
-            if not files.exists():  # not another process having won the race
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_folder_once(files, lambda out: write_mnist_strips(
+            out, num_examples=num_examples, seed=seed, mnist=mnist))
     return files, root / "prepared"
 
 

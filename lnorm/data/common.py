@@ -155,19 +155,26 @@ def synthetic_corpus(
     directory to prepare from, and a TFDS data directory of its own, so that a stand-in is never
     mistaken for the real dataset prepared under `data_dir`."""
     root = data_root(data_dir) / "synthetic" / f"{dataset}-{num_examples}-{seed}"
-    files = root / "files"
-    if not files.exists():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".files-", dir=root))
-        try:
-            write(tmp, num_examples=num_examples, seed=seed)
-            os.replace(tmp, files)
-        except OSError:
-            if not files.exists():  # not another process having won the race
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return files, root / "prepared"
+    write_folder_once(root / "files", lambda out: write(out, num_examples=num_examples, seed=seed))
+    return root / "files", root / "prepared"
+
+
+def write_folder_once(folder: Path, write: Callable[[Path], Any]) -> None:
+    """Makes `folder` by `write(tmp)` into a temporary sibling renamed when complete, unless it
+    exists: an interrupted write leaves nothing behind, and of two processes racing to write
+    it, one wins and the other keeps the winner's."""
+    if folder.exists():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        if not folder.exists():  # not another process having won the race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

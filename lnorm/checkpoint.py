@@ -32,7 +32,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from lnorm.logger import file_sha256, write_json_atomic
+from lnorm.logger import file_digest, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 BEST_DIR = "best"  # the best checkpoint by `train.select_metric` (model and meta only)
@@ -71,7 +71,7 @@ def _from_storable(restored: Any, like: Any) -> Any:
 def _file_digests(step_dir: Path) -> dict[str, dict[str, Any]]:
     """`{relative path: {"size", "sha256"}}` of every file of a step but the checksum file."""
     return {
-        p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        p.relative_to(step_dir).as_posix(): {"size": p.stat().st_size, "sha256": file_digest(p)}
         for p in sorted(step_dir.rglob("*"))
         if p.is_file() and p.name != CHECKSUM_FILE and not p.name.startswith(f".{CHECKSUM_FILE}")
     }
@@ -97,7 +97,7 @@ def _check_files(step_dir: Path) -> str | None:
         elif (actual := path.stat().st_size) != size:
             cut = " (truncated)" if actual < size else ""
             problems.append(f"{rel} has {actual} bytes, {size} when saved{cut}")
-        elif file_sha256(path) != sha:
+        elif file_digest(path) != sha:
             problems.append(f"{rel} has other contents than when saved (checksum mismatch)")
     if not problems:
         return None

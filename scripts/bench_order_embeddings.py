@@ -1,13 +1,13 @@
 """Training-step speed of the order-embedding model per normaliser, measured in one run.
 
-    python -m scripts.bench_order_embeddings [--norms none layer rms batch weight] [--paper]
+    python -m scripts.bench_order_embeddings [--scales small paper] [--norms none layer ...]
 
 One step is the experiment's own: `objective.loss_fn` under `jax.value_and_grad`, then the
 optimiser of its config (per-tensor gradient clip 2, Adam 1e-3) and the update, jitted as one
 function. Batch: 128 images (4096-d features) with one caption each, padded to 16 tokens, from
 a 10,000-word vocabulary (COCO-sized). Sizes: the small scale (joint space and GRU 256, words
-128) and with `--paper` also the paper's (1024, 300). Prints the median step time, the compile
-time and the ratio of each to norm=none; the normalisers take turns, so load from other
+128) and the paper's (1024, 300) with `--scales small paper`. Prints the median step time,
+the compile time and the ratio of each to norm=none; the normalisers take turns, so load from other
 processes hits them alike. Target (issue): LN's step at most 1.25x the plain GRU's.
 """
 
@@ -19,14 +19,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments.order_embeddings.model import OrderEmbedding
 from experiments.order_embeddings.objective import loss_fn
 from lnorm.norms import NormSpec
 from lnorm.optim import OptimConfig, make_optimizer
-from scripts.benchutil import compile_fn, measure_interleaved, print_table
+from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
 
 SIZES = {"small": (256, 128), "paper": (1024, 300)}  # (dim, word_dim)
 BATCH, LENGTH, VOCAB, FEATURES = 128, 16, 10_000, 4096
@@ -50,33 +49,22 @@ def training_step(norm: str, dim: int, word_dim: int, data: dict) -> tuple[Any, 
                              data["caption_length"])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = make_optimizer(OptimConfig(grad_clip_tensor_norm=2.0), total_steps=1000)
-
-    def step(params, rest, opt_state, data, key):
-        def objective(p):
-            model = nnx.merge(graphdef, p, rest, copy=True)
-            loss, _ = loss_fn(model, data, key)
-            return loss, nnx.split(model, nnx.Param, ...)[2]
-
-        (loss, new_rest), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_rest, opt_state, loss
-
     args = (params, rest, tx.init(params), data, jax.random.key(0))
-    compiled, seconds = compile_fn(step, *args)
+    compiled, seconds = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
     return compiled, args, seconds
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--norms", nargs="+", default=["none", "layer", "rms", "batch", "weight"])
-    parser.add_argument("--paper", action="store_true", help="also the paper's sizes (slow)")
+    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SIZES))
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; batch {BATCH} x {LENGTH} "
           f"tokens, vocabulary {VOCAB}, features {FEATURES}")
     data = batch()
     rows = []
-    for scale in ["small", "paper"] if args.paper else ["small"]:
+    for scale in args.scales:
         dim, word_dim = SIZES[scale]
         steps = {n: training_step(n, dim, word_dim, data) for n in args.norms}
         repeats = 5 if scale == "small" else 2

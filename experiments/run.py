@@ -169,8 +169,10 @@ def precheck(argv: list[str]) -> None:
     """Rejects an unknown or unimplemented experiment, or an unknown scale, before Hydra
     composes (whose own error would only say that a config file is missing)."""
     names = [a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] in ("+exp", "exp")]
+    # configs/paper/ options (`paper=EXP-NORM`, swept by `+sweep=paper`) include their experiment.
+    by_paper = any(a.split("=", 1)[0] in ("+paper", "paper") or a == "+sweep=paper" for a in argv)
     if not any(a.startswith(("-h", "--help", "--hydra-help", "--info", "--cfg")) for a in argv):
-        for value in names or [None]:
+        for value in names or ([] if by_paper else [None]):
             for name in str(value).split(",") if value else [None]:
                 experiments.check(name)
     for arg in argv:

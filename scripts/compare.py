@@ -207,6 +207,18 @@ def aggregate(series: Sequence[Series], *, label: str = "") -> Curve:
     )
 
 
+def group_curves(groups: Sequence[Group], metrics: Sequence[str], short: Mapping[str, str], *,
+                 raw: bool = False) -> dict[tuple[int, str], Curve]:
+    """Each group's seed-aggregated curve of each metric it logged, keyed (group index, metric)."""
+    curves: dict[tuple[int, str], Curve] = {}
+    for i, g in enumerate(groups):
+        for metric in metrics:
+            series = [s for r in g.runs if (s := r.series(metric, raw=raw)) is not None]
+            if series:
+                curves[(i, metric)] = aggregate(series, label=f"{label(g, short)}: {metric}")
+    return curves
+
+
 def default_mode(metric: str) -> str:
     leaf = metric.rsplit("/", 1)[-1].lower()
     return "max" if any(w in leaf for w in MAX_WORDS) else "min"
@@ -445,13 +457,22 @@ def figure(curves: Mapping[tuple[int, str], Curve], groups: Sequence[Group],
     return fig
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` then a rename: a reader never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: Path, *, dpi: int = 120) -> None:
+    """Writes a matplotlib figure as PNG (atomically) and closes it."""
+    import matplotlib.pyplot as plt
+
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=dpi))
+    plt.close(fig)
 
 
 def _modes(metrics: Sequence[str], given: Sequence[str]) -> dict[str, str]:
@@ -539,23 +560,14 @@ def _compare(args: argparse.Namespace) -> int:
         baseline = ("norm.name", "none")
 
     groups = group_runs(runs, keys)
-    curves: dict[tuple[int, str], Curve] = {}
-    for i, g in enumerate(groups):
-        for metric in metrics:
-            series = [s for r in g.runs if (s := r.series(metric, raw=args.raw)) is not None]
-            if series:
-                curves[(i, metric)] = aggregate(series, label=f"{label(g, short)}: {metric}")
+    curves = group_curves(groups, metrics, short, raw=args.raw)
     if args.x == "time" and not any(np.isfinite(c.time).any() for c in curves.values()):
         raise CompareError(f"--x time: no run logged {TIME}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png, md = out / f"{args.name}.png", out / f"{args.name}.md"
-    fig = figure(curves, groups, metrics, short, panel, args.x)
-    _write_atomic(png, lambda p: fig.savefig(p, format="png", dpi=120))
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_figure(figure(curves, groups, metrics, short, panel, args.x), png)
     about = [
         f"# {args.name}", "",
         f"{len(runs)} runs in {len(groups)} groups; groups differ in "
@@ -571,7 +583,7 @@ def _compare(args: argparse.Namespace) -> int:
                   "'reached at' is the first point where a group's mean curve is at least as "
                   "good as its baseline's best value.", ""]
     text = "\n".join(about) + "\n" + table(curves, groups, metrics, modes, short, panel, baseline)
-    _write_atomic(md, lambda p: p.write_text(text))
+    write_atomic(md, lambda p: p.write_text(text))
     print(f"wrote {png} and {md} ({len(runs)} runs, {len(groups)} groups)")
     return 0
 

@@ -5,6 +5,7 @@ import pytest
 
 from lnorm.data import bookcorpus as bc
 from lnorm.data.common import DataError, prepare
+from lnorm.data.pipeline import Pad, Pipeline, digest, sequence_lengths
 from lnorm.data.vocab import Vocab, load_vocab
 
 P1 = "A b c\nd e\nf\n\ng h\ni\nj k l m\n"  # two paragraphs (blank line between)
@@ -119,3 +120,68 @@ def test_bad_encoding_names_file_and_line(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"ok line\nbad \xff byte\n")
     with pytest.raises(DataError, match=r"a\.txt:2: expected UTF-8"):
         list(bc._sentences([tmp_path / "a.txt"], lowercase=True))
+
+
+# The in-memory pipeline against the per-example one it replaced, and pinned output.
+
+PIPELINES = {  # name: (split, make_pipeline options)
+    "train": ("train", dict(batch_size=8, seed=2, bucket_by_length=True, drop_remainder=True)),
+    "plain": ("train", dict(batch_size=8)),
+    "eval": ("validation", dict(batch_size=5, shuffle=False, bucket_by_length=True)),
+}
+# `digest` of epochs 0 and 1 of each pipeline on the synthetic corpus, computed with the
+# per-example pipeline (before batches were read from memory): the same seed must keep giving
+# the same batches, or a resumed run would see other data than the one it continues.
+PINNED = {"train": "834a4beef7b5843d", "plain": "6981439b83f9933a", "eval": "5bcaf1bcddfb1f7c",
+          "train/0of2": "6c670836ec9c71c9", "train/1of2": "8f7cd5433421c05c"}
+
+
+def _epochs(pipeline, epochs=(0, 1)):
+    return [batch for epoch in epochs for batch in pipeline.batches(epoch)]
+
+
+def _reference(source, *, batch_size, seed=0, shuffle=True, drop_remainder=False,
+               bucket_by_length=False, process_index=0, process_count=1):
+    """The per-example pipeline: each triple read, given its `<eos>` and collated on its own."""
+    eos = np.array([bc.EOS_ID], np.int32)
+    return Pipeline(
+        source, batch_size=batch_size, seed=seed, shuffle=shuffle,
+        drop_remainder=drop_remainder,
+        transform=lambda e: {k: np.concatenate([e[k], eos]) for k in bc.FIELDS},
+        pad={k: Pad(buckets=(8, 16, 24, 32)) for k in bc.FIELDS},
+        lengths=sequence_lengths(source, "cur") if bucket_by_length else None,
+        process_index=process_index, process_count=process_count)
+
+
+def _assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_equals_the_per_example_reference_and_its_pinned_digest(synthetic_builder, name):
+    split, options = PIPELINES[name]
+    source = synthetic_builder.as_data_source(split)
+    got = _epochs(bc.make_pipeline(source, **options))
+    _assert_same_batches(got, _epochs(_reference(source, **options)))
+    assert digest(got) == PINNED[name]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_process_reads_its_share_of_the_reference_batches(synthetic_builder, monkeypatch,
+                                                               index):
+    import jax
+
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    split, options = PIPELINES["train"]
+    source = synthetic_builder.as_data_source(split)
+    got = _epochs(bc.make_pipeline(source, **options))
+    whole = _epochs(_reference(source, **options))
+    _assert_same_batches(got, [{k: v[4 * index : 4 * index + 4] for k, v in b.items()}
+                               for b in whole])
+    assert digest(got) == PINNED[f"train/{index}of2"]

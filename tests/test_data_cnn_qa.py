@@ -8,6 +8,7 @@ import pytest
 
 from lnorm.data import cnn_qa
 from lnorm.data.common import DataError, prepare
+from lnorm.data.pipeline import Pad, Pipeline, digest, split_cache
 from lnorm.data.vocab import load_vocab
 
 FILES = {
@@ -264,3 +265,100 @@ def test_top_k_matches_a_brute_force_reference_through_the_pipeline(synthetic, k
             assert got == expected
             seen += 1
     assert seen == len(source)
+
+
+# The in-memory pipeline against the per-example one it replaced, and pinned output.
+
+PIPELINES = {  # name: (split, make_pipeline options)
+    "train": ("train", dict(batch_size=8, seed=4, relabel_entities=True, top_k_sentences=2,
+                            drop_remainder=True)),
+    "plain": ("train", dict(batch_size=8, seed=1)),
+    "eval": ("validation", dict(batch_size=5, shuffle=False, top_k_sentences=2,
+                                context_buckets=None)),
+}
+# `digest` of epochs 0 and 1 of each pipeline on the `synthetic` corpus, computed with the
+# per-example pipeline (before batches were read from memory): the same seed must keep giving
+# the same batches, or a resumed run would see other data than the one it continues.
+PINNED = {"train": "303bd0712eefdc4b", "plain": "e02f371d8b921522", "eval": "45c13be4eddc2fb7",
+          "train/0of2": "d7913dd39f85757c", "train/1of2": "ab1fb4898f473c63"}
+
+
+def _epochs(pipeline, epochs=(0, 1)):
+    return [batch for epoch in epochs for batch in pipeline.batches(epoch)]
+
+
+def _reference(source, vocab, *, batch_size, seed=0, shuffle=True, drop_remainder=False,
+               relabel_entities=False, context_buckets=cnn_qa.CONTEXT_BUCKETS,
+               top_k_sentences=None, process_index=0, process_count=1):
+    """The per-example pipeline: each question read, shortened, relabelled and collated on
+    its own."""
+    top_k = cnn_qa.TopKSentences(vocab, top_k_sentences) if top_k_sentences else None
+    relabel = cnn_qa.Relabel(vocab, seed) if relabel_entities else None
+    _, count = cnn_qa.entity_block(vocab)
+
+    def transform(e):
+        e = {**e, "context": top_k(e["context"], e["query"])} if top_k else e
+        e = relabel(e) if relabel else e
+        mask = np.zeros(count, bool)
+        mask[e["candidates"]] = True
+        return {"context": e["context"], "query": e["query"], "answer": np.int32(e["answer"]),
+                "candidate_mask": mask, "index": np.int32(e["index"])}
+
+    return Pipeline(
+        source, batch_size=batch_size, seed=seed, shuffle=shuffle,
+        drop_remainder=drop_remainder, transform=transform,
+        pad={"context": Pad(buckets=context_buckets),
+             "query": Pad(buckets=cnn_qa.QUERY_BUCKETS)},
+        lengths=np.array([len(transform(source[i])["context"]) for i in range(len(source))]),
+        process_index=process_index, process_count=process_count)
+
+
+def _assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _as_processes(monkeypatch, index, count):
+    import jax
+
+    monkeypatch.setattr(jax, "process_index", lambda: index)
+    monkeypatch.setattr(jax, "process_count", lambda: count)
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_pipeline_equals_the_per_example_reference_and_its_pinned_digest(synthetic, name):
+    vocab = load_vocab(synthetic)
+    split, options = PIPELINES[name]
+    source = synthetic.as_data_source(split)
+    got = _epochs(cnn_qa.make_pipeline(source, vocab, **options))
+    _assert_same_batches(got, _epochs(_reference(source, vocab, **options)))
+    assert digest(got) == PINNED[name]
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_each_process_reads_its_share_of_the_reference_batches(synthetic, monkeypatch, index):
+    vocab = load_vocab(synthetic)
+    split, options = PIPELINES["train"]
+    source = synthetic.as_data_source(split)
+    _as_processes(monkeypatch, index, 2)
+    got = _epochs(cnn_qa.make_pipeline(source, vocab, **options))
+    whole = _epochs(_reference(source, vocab, **options))
+    assert [len(b["index"]) for b in got] == [4] * len(whole)
+    _assert_same_batches(got, [{k: v[4 * index : 4 * index + 4] for k, v in b.items()}
+                               for b in whole])
+    assert digest(got) == PINNED[f"train/{index}of2"]
+
+
+def test_resume_and_cache(synthetic):
+    vocab = load_vocab(synthetic)
+    source = synthetic.as_data_source("train")
+    _, options = PIPELINES["train"]
+    first = cnn_qa.make_pipeline(source, vocab, **options)
+    cache = split_cache(source)
+    assert cache is not None and cache.exists()  # written by the first pipeline
+    again = cnn_qa.make_pipeline(source, vocab, **options)  # read from the cache
+    _assert_same_batches(list(again.batches(1, 3)), list(first.batches(1))[3:])

@@ -1,5 +1,6 @@
 """The grain pipeline: exact, deterministic epochs, resume, padding/masks and length bucketing;
-the verified `.npz` cache of an in-memory source."""
+the verified `.npz` cache of an in-memory source; variable-length fields held in memory
+(`Ragged`) give the same batches as the per-example path."""
 
 import hashlib
 import json
@@ -12,10 +13,13 @@ from lnorm.data.pipeline import (
     ArraySource,
     Pad,
     Pipeline,
+    Ragged,
     batch_plan,
     bucket_length,
     collate,
+    digest,
     sequence_lengths,
+    split_cache,
 )
 
 
@@ -284,3 +288,99 @@ def test_failed_cache_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ArraySource.from_source(_CountingSource(), cache=tmp_path / "train.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- variable-length fields in memory (Ragged) ----------------------------------------------------
+
+
+def _ragged_rows(n=40, seed=0):
+    """Rows {tok: int32 [0..20) tokens (some empty), pts: float32 [T, 2], y: int}."""
+    rng = np.random.default_rng(seed)
+    return [{"tok": rng.integers(1, 99, size=rng.integers(0, 20)).astype(np.int32),
+             "pts": rng.normal(size=(rng.integers(1, 6), 2)).astype(np.float32),
+             "y": np.int32(i)} for i in range(n)]
+
+
+def _assert_batches_equal(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype, k
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_ragged_rows_lengths_and_end():
+    r = Ragged.from_rows([np.array([1, 2, 3]), np.array([], np.int64), np.array([4])])
+    assert r.offsets.tolist() == [0, 3, 3, 4] and len(r) == 3
+    assert r[0].tolist() == [1, 2, 3] and r[1].tolist() == [] and r.lengths.tolist() == [3, 0, 1]
+    ended = r.with_end(9)
+    assert [ended[i].tolist() for i in range(3)] == [[1, 2, 3, 9], [9], [4, 9]]
+
+
+@pytest.mark.parametrize("pad", [
+    {"tok": Pad()},
+    {"tok": Pad(-1, (4, 8)), "pts": Pad(buckets=(3,))},
+    {"tok": Pad(7, (32,)), "pts": Pad(0.5)},
+])
+def test_ragged_gather_equals_collate(pad):
+    rows = _ragged_rows()
+    source = ArraySource.from_source(rows, ragged=("tok", "pts"), chunk=7)
+    assert isinstance(source.arrays["tok"], Ragged) and source.arrays["y"].shape == (40,)
+    rng = np.random.default_rng(1)
+    for indices in (rng.permutation(40)[:9], np.array([1, 1, 3]), np.arange(40)):
+        expected = collate([rows[i] for i in indices], {"pts": Pad(), **pad})
+        _assert_batches_equal(source.gather(indices, {"pts": Pad(), **pad}), expected)
+
+
+def test_gather_checks_pad_like_collate():
+    source = ArraySource.from_source(_ragged_rows(5), ragged=("tok", "pts"))
+    with pytest.raises(KeyError, match="'nope'"):
+        source.gather(np.arange(2), {"nope": Pad()})
+    clash = ArraySource({"a": Ragged.from_rows([np.ones(2)]), "a_length": np.ones(1)})
+    with pytest.raises(ValueError, match="'a_length'"):
+        clash.gather(np.arange(1), {"a": Pad()})
+
+
+@pytest.mark.parametrize("process_index", [0, 1, 2])
+def test_in_memory_pipeline_equals_the_per_example_one(process_index):
+    rows = _ragged_rows(50)
+    lengths = sequence_lengths(rows, "tok")
+    kw = dict(batch_size=9, seed=5, pad={"tok": Pad(buckets=(8, 16)), "pts": Pad()},
+              lengths=lengths, bucket_window=2, process_index=process_index, process_count=3)
+    fast = Pipeline(ArraySource.from_source(rows, ragged=("tok", "pts")), **kw)
+    slow = Pipeline(rows, **kw)
+    for epoch, start in ((0, 0), (1, 0), (1, 4)):
+        got, expected = list(fast.batches(epoch, start)), list(slow.batches(epoch, start))
+        assert len(got) == len(expected) == 6 - start
+        for a, b in zip(got, expected, strict=True):
+            _assert_batches_equal(a, b)
+    assert digest(fast.batches(0)) == digest(slow.batches(0)) != digest(slow.batches(1))
+
+
+def test_ragged_cache_round_trip(tmp_path):
+    rows = _ragged_rows(30)
+    cache = tmp_path / "train.npz"
+    first = ArraySource.from_source(rows, ragged=("tok", "pts"), cache=cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = ArraySource.from_source(rows, ragged=("tok", "pts"), cache=cache)
+    for k in ("tok", "pts"):
+        assert isinstance(again.arrays[k], Ragged)
+        np.testing.assert_array_equal(again.arrays[k].values, first.arrays[k].values)
+        np.testing.assert_array_equal(again.arrays[k].offsets, first.arrays[k].offsets)
+    rows[-1] = {**rows[-1], "tok": rows[-1]["tok"][:-1]}  # one token fewer in the last example
+    with pytest.warns(UserWarning, match="differs from the prepared data at example 29"):
+        ArraySource.from_source(rows, ragged=("tok", "pts"), cache=cache)
+
+
+def test_split_cache_only_for_whole_writable_tfds_splits(tmp_path):
+    class Info:
+        data_dir = str(tmp_path)
+
+    class TfdsSource(list):
+        dataset_info, split = Info(), "train"
+
+    assert split_cache(TfdsSource()) == tmp_path / "train.npz"
+    sliced = TfdsSource()
+    sliced.split = "train[:10%]"
+    assert split_cache(sliced) is None
+    assert split_cache([{"x": 1}]) is None

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
-from lnorm.data.pipeline import Pad, Pipeline, Source, sequence_lengths
+from lnorm.data.pipeline import ArraySource, Pad, Pipeline, Source, split_cache
 from lnorm.data.vocab import VOCAB_FILE, Vocab
 
 EOS = "<eos>"
@@ -205,18 +205,24 @@ def make_pipeline(
 ) -> Pipeline:
     """Batches of triples: for each of `prev`, `cur`, `next` the padded ids `[B, L]` ending in
     `<eos>`, a mask and the lengths (`<eos>` counted, as the release's masks did). With
-    `bucket_by_length`, batches group triples of similar `cur` length (one pass over `source`
-    to measure them)."""
-    eos = np.array([eos_id], np.int32)
+    `bucket_by_length`, batches group triples of similar `cur` length.
+
+    The split is read into memory once (from its `.npz` cache after the first time, see
+    `split_cache`; about 4 bytes a token, so a BookCorpus-sized split needs its ~10 GB in RAM)
+    and `<eos>` appended there, so that a batch is a few fancy-indexing calls: decoding 64
+    records a batch took longer than an accelerator's training step."""
+    data = dict(ArraySource.from_source(source, ragged=FIELDS, cache=split_cache(source)).arrays)
+    lengths = data["cur"].lengths if bucket_by_length else None
+    # `<eos>` appended a field at a time, each field's first copy released before the next
+    ended = {k: data.pop(k).with_end(np.int32(eos_id)) for k in FIELDS}
     return Pipeline(
-        source,
+        ArraySource(ended),
         batch_size=batch_size,
         seed=seed,
         shuffle=shuffle,
         drop_remainder=drop_remainder,
-        transform=lambda e: {k: np.concatenate([e[k], eos]) for k in FIELDS},
         pad={k: Pad(buckets=buckets) for k in FIELDS},
-        lengths=sequence_lengths(source, "cur") if bucket_by_length else None,
+        lengths=lengths,
     )
 
 

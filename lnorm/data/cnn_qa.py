@@ -17,6 +17,11 @@ always include the answer) are stored as entity numbers `0..E-1`, the model's ou
 attentive-reader papers: a random permutation of the E markers, fixed by the seed and the
 example's index, applied to context, query, answer and candidates alike.
 
+`make_pipeline` reads the split into memory once (`ArraySource`, cached as `<split>.npz` beside
+the records: about 4 bytes a token) and does the per-example work (shortening, relabelling)
+there once, so that a batch is a few fancy-indexing calls: decoding 64 records a batch took
+longer than an accelerator's training step.
+
 `make_pipeline(..., top_k_sentences=k)` shortens each context to its k sentences most relevant
 to the query (`TopKSentences`), the "top-4 sentences" data of the recurrent-batch-norm setup.
 It can remove every mention of the answer, so it caps the accuracy any model can reach:
@@ -37,7 +42,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from lnorm.data.common import DataError, manual_root, where
-from lnorm.data.pipeline import Example, Pad, Pipeline, Source, sequence_lengths
+from lnorm.data.pipeline import (
+    ArraySource,
+    Batch,
+    Example,
+    Pad,
+    Pipeline,
+    Ragged,
+    Source,
+    iter_examples,
+    split_cache,
+)
 from lnorm.data.vocab import PAD, UNK, VOCAB_FILE, Vocab
 
 PLACEHOLDER = "@placeholder"
@@ -47,6 +62,7 @@ SPLITS = {"train": "training", "validation": "validation", "test": "test"}  # pr
 SENTENCE_END = (".", "!", "?")  # tokens that end a sentence, for `TopKSentences`
 CONTEXT_BUCKETS = (128, 256, 512, 768, 1024, 1536, 2048)
 QUERY_BUCKETS = (16, 32, 48, 64)
+_RAGGED = ("context", "query", "candidates")  # the variable-length fields of an example
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 CNN Q&A (DeepMind): download `cnn.tgz` (the "questions" archive of
@@ -233,22 +249,45 @@ class Relabel:
         self.offset, self.count = entity_block(vocab)
         self.seed = seed
 
+    def permutations(self, indices: np.ndarray) -> np.ndarray:
+        """`[n, E]` int32: the permutation of each example index in `indices`."""
+        return np.array([np.random.default_rng([self.seed, int(i)]).permutation(self.count)
+                         for i in indices], dtype=np.int32).reshape(len(indices), self.count)
+
+    def ids(self, x: np.ndarray, perms: np.ndarray, owner: np.ndarray | int) -> np.ndarray:
+        """Token ids `x` with each entity marker `offset + k` replaced by
+        `offset + perms[owner, k]` (`owner`: the row of `perms`, the example, of each token)."""
+        k = x - self.offset
+        is_entity = (k >= 0) & (k < self.count)
+        return np.where(is_entity, self.offset + perms[owner, np.where(is_entity, k, 0)], x)
+
     def __call__(self, example: Example) -> Example:
-        perm = np.random.default_rng([self.seed, int(example["index"])]).permutation(self.count)
-        perm = perm.astype(np.int32)
-
-        def ids(x: np.ndarray) -> np.ndarray:
-            k = x - self.offset
-            is_entity = (k >= 0) & (k < self.count)
-            return np.where(is_entity, self.offset + perm[np.where(is_entity, k, 0)], x)
-
+        perms = self.permutations([example["index"]])
         return {
             **example,
-            "context": ids(example["context"]),
-            "query": ids(example["query"]),
-            "answer": perm[example["answer"]],
-            "candidates": perm[example["candidates"]],
+            "context": self.ids(example["context"], perms, 0),
+            "query": self.ids(example["query"], perms, 0),
+            "answer": perms[0, example["answer"]],
+            "candidates": perms[0, example["candidates"]],
         }
+
+    def apply(self, arrays: dict[str, np.ndarray | Ragged],
+              chunk: int = 4096) -> dict[str, np.ndarray | Ragged]:
+        """`__call__` over a whole split held as arrays (`context`, `query`, `candidates` as
+        `Ragged`, `answer` and `index` as arrays), a chunk of examples at a time."""
+        out: dict[str, list[np.ndarray]] = {k: [] for k in (*_RAGGED, "answer")}
+        for lo in range(0, len(arrays["index"]), chunk):
+            hi = min(lo + chunk, len(arrays["index"]))
+            perms = self.permutations(arrays["index"][lo:hi])
+            for key in _RAGGED:
+                bounds = arrays[key].offsets[lo : hi + 1]
+                values = arrays[key].values[bounds[0] : bounds[-1]]
+                owner = np.repeat(np.arange(hi - lo), np.diff(bounds))
+                out[key].append(perms[owner, values] if key == "candidates" else
+                                self.ids(values, perms, owner))
+            out["answer"].append(perms[np.arange(hi - lo), arrays["answer"][lo:hi]])
+        return {**arrays, "answer": np.concatenate(out["answer"]),
+                **{k: Ragged(np.concatenate(out[k]), arrays[k].offsets) for k in _RAGGED}}
 
 
 class TopKSentences:
@@ -292,17 +331,12 @@ class TopKSentences:
         """The fraction of `source`'s questions whose answer survives the filtering: the
         highest accuracy a reader of the shortened contexts can reach."""
         kept = [answer_offset + e["answer"] in self(e["context"], e["query"])
-                for e in _examples(source)]
+                for e in iter_examples(source)]
         return float(np.mean(kept))
 
     def lengths(self, source: Source) -> np.ndarray:
         """The shortened context length of every example of `source` (for bucketing)."""
-        return np.array([len(self(e["context"], e["query"])) for e in _examples(source)])
-
-
-def _examples(source: Source, chunk: int = 4096) -> Iterator[Example]:
-    for lo in range(0, len(source), chunk):
-        yield from _read_many(source, list(range(lo, min(lo + chunk, len(source)))))
+        return np.array([len(self(e["context"], e["query"])) for e in iter_examples(source)])
 
 
 def make_pipeline(
@@ -324,59 +358,42 @@ def make_pipeline(
     and `index [B]`. `relabel_entities` re-shuffles entity ids per example (from `seed`);
     `top_k_sentences` shortens each context to its k sentences most relevant to the query
     (`TopKSentences`); `bucket_by_length` groups questions of similar (shortened) context
-    length (one pass over `source`)."""
-    relabel = Relabel(vocab, seed) if relabel_entities else None
+    length.
+
+    The split is read into memory (from its `.npz` cache after the first time, see
+    `split_cache`) and shortened and relabelled there once: both depend on the stored example
+    and the seed only, so every epoch sees the same questions as it would per example."""
+    arrays = dict(ArraySource.from_source(source, ragged=_RAGGED,
+                                          cache=split_cache(source)).arrays)
+    for key in ("answer", "index"):  # TFDS decodes int32 scalars as int64
+        arrays[key] = arrays[key].astype(np.int32)
     if top_k_sentences is not None:
-        source = _Shortened(source, TopKSentences(vocab, top_k_sentences))
+        top_k = TopKSentences(vocab, top_k_sentences)
+        context, query = arrays["context"], arrays["query"]
+        arrays["context"] = Ragged.from_rows(
+            [top_k(context[i], query[i]) for i in range(len(context))])
+    if relabel_entities:
+        arrays = Relabel(vocab, seed).apply(arrays)
     _, count = entity_block(vocab)
 
-    def transform(example: Example) -> Example:
-        if relabel is not None:
-            example = relabel(example)
-        mask = np.zeros(count, dtype=bool)
-        mask[example["candidates"]] = True
-        return {
-            "context": example["context"],
-            "query": example["query"],
-            "answer": np.int32(example["answer"]),
-            "candidate_mask": mask,
-            "index": np.int32(example["index"]),
-        }
+    def candidate_mask(batch: Batch) -> Batch:
+        candidates, present = batch["candidates"], batch["candidates_mask"]
+        mask = np.zeros((len(candidates), count), dtype=bool)
+        mask[np.nonzero(present)[0], candidates[present]] = True
+        return {k: v for k, v in batch.items() if not k.startswith("candidates")} | {
+            "candidate_mask": mask}
 
     return Pipeline(
-        source,
+        ArraySource(arrays),
         batch_size=batch_size,
         seed=seed,
         shuffle=shuffle,
         drop_remainder=drop_remainder,
-        transform=transform,
-        pad={"context": Pad(buckets=context_buckets), "query": Pad(buckets=query_buckets)},
-        lengths=sequence_lengths(source, "context") if bucket_by_length else None,
+        batch_transform=candidate_mask,
+        pad={"context": Pad(buckets=context_buckets), "query": Pad(buckets=query_buckets),
+             "candidates": Pad()},
+        lengths=arrays["context"].lengths if bucket_by_length else None,
     )
-
-
-class _Shortened:
-    """`source` with every context shortened by `top_k`, computed once (the filtering depends
-    on the stored example only) and kept in memory: later epochs read it for free."""
-
-    def __init__(self, source: Source, top_k: TopKSentences):
-        self.source = source
-        self.contexts = [top_k(e["context"], e["query"]) for e in _examples(source)]
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> Example:
-        return {**self.source[index], "context": self.contexts[index]}
-
-    def __getitems__(self, indices: list[int]) -> list[Example]:
-        return [{**e, "context": self.contexts[i]}
-                for i, e in zip(indices, _read_many(self.source, indices), strict=True)]
-
-
-def _read_many(source: Source, indices: list[int]) -> list[Example]:
-    getitems = getattr(source, "__getitems__", None)
-    return list(getitems(indices)) if getitems else [source[i] for i in indices]
 
 
 def write_synthetic(out_dir: str | os.PathLike, *, num_examples: int, seed: int) -> Path:

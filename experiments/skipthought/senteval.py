@@ -17,8 +17,9 @@ most frequent words) instead of the sentence vectors (`senteval/MR/bow_accuracy`
 depend on the model, so it is computed once per data set and cached beside the prepared data.
 
 Data: the folder SentEval's downloader makes (`data/downstream`, one folder per task), named by
-`data.senteval_dir` or, for a run trained without it, `$LNORM_SENTEVAL_DIR`; with
-`data.synthetic=true` and neither, `lnorm.data.senteval`'s synthetic stand-in. A task whose
+`data.senteval_dir` or, for a run trained without it, `$LNORM_SENTEVAL_DIR`; with neither,
+`data.senteval_vader=true` makes the MR-like and CR-like sets of `vader.py` on first use (from
+a PyPI sdist), and `data.synthetic=true` takes `lnorm.data.senteval`'s stand-in. A task whose
 files are absent is skipped with a line naming them. Each task is prepared through
 `lnorm.data.senteval` into a folder named by a digest of its files, so that two different
 folders (SentEval's MR and an MR-like stand-in) never share a prepared copy.
@@ -38,6 +39,7 @@ import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer
 from threadpoolctl import threadpool_limits
 
+from experiments.skipthought import vader
 from experiments.skipthought.data import load_corpus
 from experiments.skipthought.encode import encode
 from lnorm.artifacts import Artifact
@@ -78,11 +80,15 @@ def probe_data(data: DataConfig) -> tuple[Path | None, Path, str]:
     given = data.senteval_dir or os.environ.get(ENV)
     if given:
         return Path(given).expanduser(), prepared, f"SentEval-layout files in {given}"
+    if data.senteval_vader:
+        files = vader.probes_folder(data.data_dir)
+        return files, prepared, f"MR-/CR-like VADER snippets, NOT SentEval's MR/CR ({files})"
     if data.synthetic:
         files, prepared = synthetic_corpus(data.data_dir, "senteval", se.write_synthetic,
                                            num_examples=data.senteval_synthetic_size)
         return files, prepared, f"synthetic SentEval stand-in ({files})"
-    return None, prepared, f"no SentEval data (set data.senteval_dir or ${ENV})"
+    return None, prepared, (f"no SentEval data (set data.senteval_dir or ${ENV}, or "
+                            "data.senteval_vader=true)")
 
 
 def missing_files(root: Path | None, task: str) -> list[str]:

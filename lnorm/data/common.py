@@ -71,7 +71,7 @@ def prepare(
         # One preparation at a time per data directory: parallel jobs of a sweep would
         # otherwise race to rename the same `incomplete.*` folder into place.
         # The builder is made inside the lock too: it reads what is already prepared.
-        with _exclusive(data_dir / ".prepare.lock"):
+        with exclusive(data_dir / ".prepare.lock"):
             builder = builder_cls(data_dir=str(data_dir),
                                   config=own_config(builder_cls, config), **builder_kwargs)
             builder.download_and_prepare(file_format="array_record",
@@ -82,7 +82,7 @@ def prepare(
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> Iterator[None]:
     """An exclusive `flock` on `path` (created) for the duration of the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:

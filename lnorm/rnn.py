@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lnorm.norms import WeightNormDense
+from lnorm.precision import loop_invariant, module_dtype
 
 Array = jax.Array
 State = Any  # a cell's state pytree: `(c, h)` for the LSTM, `h` for the GRU
@@ -116,12 +117,17 @@ class RNN(nnx.Module):
                 f"RNN: expected inputs of shape [batch, time, features], got {x.shape}"
             )
         batch, length, _ = x.shape
+        # The cell computes in its parameters' dtype (lnorm.precision): a float32 input or
+        # state would promote a bfloat16 recurrence back to float32 (and break the carry).
+        dtype = module_dtype(self.cell)
+        x = x.astype(dtype)
         mask = padding_mask(batch, length, lengths=lengths, mask=mask)
         if mask is not None:
             x = jnp.where(mask[..., None], x, 0)  # garbage in padding cannot reach any gradient
         if self.reverse:
             x = reverse_sequences(x, mask)
         state = self.initial_state(batch) if initial_state is None else initial_state
+        state = jax.tree.map(lambda s: s.astype(dtype), state)
 
         step_mask = None if mask is None else mask.T
         if getattr(self.cell, "has_fused_scan", False):
@@ -143,12 +149,13 @@ class RNN(nnx.Module):
         steps = jnp.arange(x.shape[0])
         projected = self.cell.project_inputs(x, t=steps, mask=step_mask)
         _skip_recurrent_data_init(self.cell)
-        graphdef, stats, rest = nnx.split(self.cell, nnx.BatchStat, ...)
+        graphdef, stats, params, rest = nnx.split(self.cell, nnx.BatchStat, nnx.Param, ...)
+        params, narrow = loop_invariant(params)  # float32 gradient sums over the steps
 
         def body(carry, inputs):
             state, stats = carry
             proj_t, mask_t, t = inputs
-            cell = nnx.merge(graphdef, stats, rest)  # threads per-step BN statistics
+            cell = nnx.merge(graphdef, stats, narrow(params), rest)  # threads per-step stats
             new_state, h = cell.step(state, proj_t, t=t, mask=mask_t)
             if mask_t is not None:
                 keep = mask_t[:, None]

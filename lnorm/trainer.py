@@ -32,6 +32,7 @@ from lnorm.checkpoint import BEST_DIR, CHECKPOINT_DIR, Checkpointer
 from lnorm.logger import RunLogger
 from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer
 from lnorm.parallel import DataParallel
+from lnorm.precision import cast_model, cast_params, compute_dtype
 from lnorm.runlock import RunLock
 
 SELECT_MODES = ("min", "max")
@@ -60,6 +61,7 @@ class TrainConfig:
     select_mode: str = "min"
     early_stop_patience: int | None = None  # in evaluations of select_metric
     progress: bool = True  # tqdm progress bar
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 (params, optimiser in float32)
 
     def __post_init__(self) -> None:
         positive = {"log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
@@ -76,6 +78,7 @@ class TrainConfig:
         if self.early_stop_patience is not None and self.select_metric is None:
             raise ValueError("train.early_stop_patience needs train.select_metric (the metric "
                              "whose improvement it waits for)")
+        compute_dtype(self.dtype)
 
 
 @dataclass
@@ -208,16 +211,21 @@ def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _train_chunk_fn(graphdef: Any, treedef: Any, loss_fn: Callable, optim: tuple,
-                    total: int) -> Callable:
+                    total: int, dtype: str) -> Callable:
     """The compiled function running a chunk of steps (`lax.scan`) over a carry of params,
     other model state, optimiser state, metric sums and the first bad step; the carry is
-    donated. Cached on (model structure, loss, optimiser settings, run length), so repeated
-    runs in one process (a sweep, resumes, tests) reuse the compiled step.
+    donated. Cached on (model structure, loss, optimiser settings, run length, dtype), so
+    repeated runs in one process (a sweep, resumes, tests) reuse the compiled step.
+
+    The float32 params are cast to the compute `dtype` inside the differentiated function:
+    the loss runs in `dtype`, the gradients come back through the cast in float32, and the
+    optimiser state and update stay float32 (`lnorm.precision`).
 
     The carry crosses the jit boundary as a flat list of arrays (`treedef` rebuilds it
     inside): flattening nnx.State and re-creating its Variables on every call would cost
     more Python time per step than a small model's whole step."""
     tx = make_optimizer(OptimConfig(*optim), total)
+    cdtype = compute_dtype(dtype)
 
     def one_step(carry: dict, xs: tuple, base_key: jax.Array) -> dict:
         batch, step = xs  # `step`: 0-based index of this step
@@ -225,7 +233,7 @@ def _train_chunk_fn(graphdef: Any, treedef: Any, loss_fn: Callable, optim: tuple
         def objective(params):
             # copy=True: fresh Variables at this trace level, so the loss may update them
             # (BatchNorm statistics).
-            model = nnx.merge(graphdef, params, carry["rest"], copy=True)
+            model = nnx.merge(graphdef, cast_params(params, cdtype), carry["rest"], copy=True)
             loss, aux = loss_fn(model, batch, jax.random.fold_in(base_key, step))
             return loss, (aux, nnx.split(model, nnx.Param, ...)[2])
 
@@ -299,18 +307,25 @@ class _Run:
         if step:
             self._restore(step)
         self.train_chunk = _train_chunk_fn(self.graphdef, self.treedef, task.loss_fn,
-                                           dataclasses.astuple(self.config.optim), self.total)
+                                           dataclasses.astuple(self.config.optim), self.total,
+                                           self.config.dtype)
         self.base_key = jax.random.key(self.config.seed)
 
     def _metric_names(self, params: Any, rest: Any, batch: Any) -> tuple[str, ...]:
+        cdtype = compute_dtype(self.config.dtype)
+
         def loss_of(p, r, b):
-            model = nnx.merge(self.graphdef, p, r, copy=True)
+            model = nnx.merge(self.graphdef, cast_params(p, cdtype), r, copy=True)
             return self.task.loss_fn(model, b, jax.random.key(0))
 
         loss, aux = jax.eval_shape(loss_of, params, rest, batch)
         if getattr(loss, "shape", None) != () or not isinstance(aux, Mapping):
             raise TypeError("Task.loss_fn must return (scalar loss, dict of scalar metrics); "
                             f"got loss {loss!r} and metrics {aux!r}")
+        if cdtype != jnp.float32 and loss.dtype != jnp.float32:
+            raise TypeError(f"Task.loss_fn returned a {loss.dtype} loss under "
+                            f"train.dtype={self.config.dtype}: compute the loss in float32 "
+                            "(cast logits up before the log-softmax; lnorm.precision)")
         bad = [k for k, v in aux.items() if k in ("loss", "count") or v.shape != ()]
         if bad:
             raise TypeError(f"Task.loss_fn metrics {bad}: expected scalars, not named "
@@ -485,7 +500,7 @@ class _Run:
         # switch) cannot leak back into training.
         return run_evaluators(self.model(), {n: self.task.evaluators[n] for n in names}, step,
                               seed=self.config.seed, run_dir=self.run_dir, logger=self.logger,
-                              config=self.context)
+                              config=self.context, dtype=self.config.dtype)
 
 
 def evaluator_key(seed: int, name: str, step: int) -> jax.Array:
@@ -497,10 +512,13 @@ def evaluator_key(seed: int, name: str, step: int) -> jax.Array:
 
 def run_evaluators(model: nnx.Module, evaluators: Mapping[str, Evaluator], step: int, *,
                    seed: int, run_dir: Path, logger: RunLogger | None = None,
-                   config: Any = None) -> dict[str, float]:
+                   config: Any = None, dtype: str = "float32") -> dict[str, float]:
     """Runs `evaluators` on `model` (switched to eval mode) at `step`: returns their scalars
     (names prefixed with the evaluator's unless they hold a "/"); their artifacts are written
-    under `run_dir/artifacts/<evaluator>/<name>/` and logged as media."""
+    under `run_dir/artifacts/<evaluator>/<name>/` and logged as media. `dtype` is the run's
+    `train.dtype`: evaluators get a copy of the model in it, so that validation measures the
+    model that training optimises (`model` itself is left as it is, float32)."""
+    model = cast_model(model, compute_dtype(dtype))
     model.eval()
     results: dict[str, float] = {}
     for name, evaluator in evaluators.items():
@@ -555,7 +573,8 @@ def _finish(task: Task, config: TrainConfig, run_dir: Path, ckpt: Checkpointer,
     finals = {n: e for n, e in task.evaluators.items() if e.final}
     if finals:
         results = run_evaluators(task.model, finals, selected, seed=config.seed,
-                                 run_dir=run_dir, logger=logger, config=context)
+                                 run_dir=run_dir, logger=logger, config=context,
+                                 dtype=config.dtype)
         logger.log(step, {"selected_step": selected, **results})
         final.update(results)
     task.model.train()

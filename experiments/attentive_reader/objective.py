@@ -28,7 +28,7 @@ def nll_and_error(logits: Array, target: Array) -> tuple[Array, Array]:
 def _per_example(
     model: AttentiveReader, batch: Mapping[str, Array], rng: Array | None
 ) -> tuple[Array, Array]:
-    logits = model(batch, rng).logits
+    logits = model(batch, rng).logits.astype(jnp.float32)  # the NLL in float32 (train.dtype)
     return nll_and_error(logits, model.answer_class(jnp.asarray(batch["answer"])))
 
 

@@ -20,6 +20,11 @@ norm use `cell_variant` ("draw": only `tanh(N(c_t))`, the paper's DRAW model; "p
 full LN-LSTM), `none` is the plain LSTM, `weight` weight-normalises the LSTMs' matrices (with
 g = 1, b = 0: no data-dependent init, whose per-layer inputs only exist inside the glimpse
 loop). Batch norm keeps statistics per glimpse (`t_max = T`).
+
+Under `train.dtype=bfloat16` the LSTMs and linear layers compute in bfloat16 (the parameters'
+dtype); the attention geometry (filter centres and widths in pixels), the read and write, the
+canvas (a sum of T writes: the Bernoulli logits) and the latent distribution (the KL terms of
+the loss) stay float32.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from flax import nnx
 
 from lnorm.cells import LSTMCell
 from lnorm.norms import NormSpec
+from lnorm.precision import loop_invariant
 
 Array = jax.Array
 
@@ -118,6 +124,11 @@ def log_density_ratio(z: Array, eps: Array, log_sigma: Array) -> Array:
     """`log N(z; 0, I) - log N(z; mu, sigma^2)` for `z = mu + sigma eps`, summed over the last
     axis: one sample's `log p(z) - log q(z | x)`, whose mean is `-KL` (importance weights)."""
     return jnp.sum(0.5 * jnp.square(eps) + log_sigma - 0.5 * jnp.square(z), axis=-1)
+
+
+def _float32(x: Array) -> Array:
+    """`x` in at least float32: what a bfloat16 layer hands to the float32 parts."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class DrawOutput(NamedTuple):
@@ -212,8 +223,9 @@ class DRAW(nnx.Module):
 
     def _write(self, dec_state: tuple[Array, Array], canvas: Array, z: Array, t: Array):
         """The decoder step on `z` and its write into the canvas."""
-        dec_state, h_dec = self.decoder(dec_state, z, t=t)
-        att = attention_params(self.write_attention(h_dec), self.image_shape, self.write_size)
+        dec_state, h_dec = self.decoder(dec_state, z.astype(dec_state[1].dtype), t=t)
+        raw = _float32(self.write_attention(h_dec))
+        att = attention_params(raw, self.image_shape, self.write_size)
         fy, fx = filterbanks(att, self.image_shape, self.write_size)
         patch = self.write_patch(h_dec).reshape(-1, self.write_size, self.write_size)
         return dec_state, canvas + write(patch, fy, fx, att.gamma)
@@ -222,24 +234,27 @@ class DRAW(nnx.Module):
         canvas, enc_state, dec_state = carry
         eps, t = inputs
         h_dec = dec_state[1]
-        att = attention_params(self.read_attention(h_dec), self.image_shape, self.read_size)
+        att = attention_params(_float32(self.read_attention(h_dec)), self.image_shape,
+                               self.read_size)
         fy, fx = filterbanks(att, self.image_shape, self.read_size)
         r = read(jnp.stack([x, x - jax.nn.sigmoid(canvas)], axis=1), fy, fx, att.gamma)
-        r = r.reshape(r.shape[0], -1)  # [B, 2 n^2]: the glimpse of x, then of x_hat
+        r = r.reshape(r.shape[0], -1).astype(h_dec.dtype)  # [B, 2 n^2]: x's glimpse, x_hat's
         enc_state, h_enc = self.encoder(enc_state, jnp.concatenate([r, h_dec], axis=-1), t=t)
-        mu, log_sigma = jnp.split(self.posterior(h_enc), 2, axis=-1)
+        mu, log_sigma = jnp.split(_float32(self.posterior(h_enc)), 2, axis=-1)
         z = mu + jnp.exp(log_sigma) * eps
         dec_state, canvas = self._write(dec_state, canvas, z, t)
         out = (gaussian_kl(mu, log_sigma), log_density_ratio(z, eps, log_sigma), canvas)
         return (canvas, enc_state, dec_state), out
 
     def _scan(self, step, carry, xs):
-        """`jax.lax.scan` of `step(model, carry, x)`, threading batch-norm statistics."""
-        graphdef, stats, rest = nnx.split(self, nnx.BatchStat, ...)
+        """`jax.lax.scan` of `step(model, carry, x)`, threading batch-norm statistics (the
+        parameters enter the loop in float32, where their gradient is summed over the steps)."""
+        graphdef, stats, params, rest = nnx.split(self, nnx.BatchStat, nnx.Param, ...)
+        params, narrow = loop_invariant(params)
 
         def body(c, x):
             carry, stats = c
-            model = nnx.merge(graphdef, stats, rest)
+            model = nnx.merge(graphdef, stats, narrow(params), rest)
             carry, out = step(model, carry, x)
             return (carry, nnx.state(model, nnx.BatchStat)), out
 

@@ -50,7 +50,10 @@ class Mixture(NamedTuple):
 
 def mixture(y: Array, *, bias: float = 0.0) -> Mixture:
     """The distribution that outputs `y[..., 1 + 6M]` parametrise. `bias` (sampling only,
-    Graves §5.4) sharpens it: weights `softmax(pi_hat * (1 + bias))`, sigmas times exp(-bias)."""
+    Graves §5.4) sharpens it: weights `softmax(pi_hat * (1 + bias))`, sigmas times exp(-bias).
+    In at least float32 whatever the network computes in (`train.dtype`): the NLL's
+    log-softmax and logsumexp, and the points drawn from it, are float32."""
+    y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
     m = (y.shape[-1] - 1) // 6
     if y.shape[-1] != 1 + 6 * m:
         raise ValueError(f"expected outputs of size 1 + 6M; got {y.shape[-1]}")
@@ -93,7 +96,7 @@ def _clip_fwd(x, limit):
 
 
 def _clip_bwd(limit, g):
-    return jnp.clip(g, -limit, limit), jnp.zeros_like(limit)
+    return jnp.clip(g, -limit, limit).astype(g.dtype), jnp.zeros_like(limit)
 
 
 clip_gradient.defvjp(_clip_fwd, _clip_bwd)

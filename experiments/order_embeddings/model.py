@@ -23,6 +23,7 @@ from flax import nnx
 from lnorm.cells import GRUCell
 from lnorm.initializers import block_orthogonal, symmetric_uniform
 from lnorm.norms import NormSpec
+from lnorm.precision import module_dtype
 from lnorm.rnn import RNN
 
 Array = jax.Array
@@ -33,7 +34,9 @@ _L2_EPS = 1e-12  # guards only all-zero rows (e.g. a zero feature vector)
 
 
 def l2_normalize(x: Array) -> Array:
-    """Rows of `x` scaled to unit L2 norm."""
+    """Rows of `x` scaled to unit L2 norm, in at least float32 (the embeddings the loss and
+    retrieval compare stay float32 under `train.dtype=bfloat16`)."""
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), _L2_EPS))
 
 
@@ -92,7 +95,8 @@ class OrderEmbedding(nnx.Module):
 
     def embed_images(self, features: Array) -> Array:
         """`[N, feature_dim]` image features -> `[N, dim]` embeddings."""
-        return self._finish(self.image_proj(l2_normalize(jnp.asarray(features, jnp.float32))))
+        x = l2_normalize(jnp.asarray(features, jnp.float32))
+        return self._finish(self.image_proj(x.astype(module_dtype(self))))
 
     def embed_captions(self, tokens: Array, lengths: Array) -> Array:
         """`[N, L]` token ids with `lengths[N]` (`<eos>` counted) -> `[N, dim]` embeddings."""

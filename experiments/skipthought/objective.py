@@ -33,7 +33,9 @@ def _sums(model: SkipThoughts, batch: dict, context: Array | None = None) -> dic
     sums = {"nll": 0.0, "words": 0.0, "correct": 0.0}
     for decoder, field in ((model.decoder_prev, "prev"), (model.decoder_next, "next")):
         targets = batch[field]
-        logits = model.decode(decoder, context, targets, batch[f"{field}_length"])
+        # float32 logits whatever the model computes in (train.dtype): the NLL is float32
+        logits = model.decode(decoder, context, targets, batch[f"{field}_length"]).astype(
+            jnp.float32)
         mask = jnp.arange(targets.shape[1]) < batch[f"{field}_length"][:, None]
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         sums["nll"] += jnp.sum(jnp.where(mask, nll, 0.0))

@@ -62,7 +62,7 @@ def evaluate_run(run_dir: str | Path, *, step: str = "best", stages: Sequence[st
     for wanted in _steps(run_dir, step):
         loaded = load_model(run_dir, task.model, wanted)
         results = run_evaluators(task.model, chosen, loaded, seed=conf.seed, run_dir=run_dir,
-                                 config=conf)
+                                 config=conf, dtype=conf.train.dtype)
         write_json_atomic(run_dir / EVAL_DIR / f"step_{loaded}.json",
                           {"step": loaded, "requested": str(wanted), "results": results})
         out[loaded] = results

@@ -34,7 +34,13 @@ from lnorm.checkpoint import (
 from lnorm.data.common import DataError
 from lnorm.logger import METRICS_FILE, SUMMARY_FILE, WANDB_ID_FILE, RunLogger, WandbConfig
 from lnorm.parallel import check_batch_size, initialize_from_environment
-from lnorm.runinfo import RUN_INFO_FILE, config_changes, read_run_info, write_run_info
+from lnorm.runinfo import (
+    RUN_INFO_FILE,
+    config_changes,
+    flatten,
+    read_run_info,
+    write_run_info,
+)
 from lnorm.runlock import LOCK_FILE, RunLock, RunLockedError
 from lnorm.trainer import Interrupted, NonFiniteLossError, train
 
@@ -63,9 +69,7 @@ def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], M
     """
     name = cfg.get("name")
     module = experiments.load(name)
-    base = OmegaConf.structured(schema.RunConfig)
-    base.data = OmegaConf.structured(module.DataConfig)
-    base.model = OmegaConf.structured(module.ModelConfig)
+    base = _schema(module)
     plain = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else cfg
     try:
         # Merge a plain copy: a Hydra-composed config carries its schema type and open flags,
@@ -91,6 +95,14 @@ def resolve(cfg: DictConfig | dict) -> tuple[schema.RunConfig, dict[str, Any], M
     return conf, resolved, module
 
 
+def _schema(module: ModuleType) -> DictConfig:
+    """The run config's schema with the experiment's data and model sections (their defaults)."""
+    base = OmegaConf.structured(schema.RunConfig)
+    base.data = OmegaConf.structured(module.DataConfig)
+    base.model = OmegaConf.structured(module.ModelConfig)
+    return base
+
+
 def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     """Builds the experiment named by `cfg.name` and trains it in `run_dir` (resuming if the
     directory already holds a checkpoint of the same config). Returns the final metrics."""
@@ -99,7 +111,9 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     with RunLock(run_dir):
         steps = checkpoint_steps(run_dir)["last"]
         previous = read_run_info(run_dir) if steps else None
-        changes = config_changes(previous["config"], resolved) if previous else {}
+        defaults = flatten(OmegaConf.to_container(_schema(module)))
+        changes = (config_changes(previous["config"], resolved, defaults=defaults)
+                   if previous else {})
         if changes and not conf.force_resume:
             listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
             raise ConfigError(
@@ -128,7 +142,8 @@ def _header(conf: schema.RunConfig, run_dir: Path, step: int | None, task: Any) 
     """What a person needs to know about the run before its progress bar."""
     devices = jax.devices()
     start = f"resuming from step {step}" if step else "fresh start"
-    lines = [f"lnorm {conf.name} (scale={conf.scale}, norm={conf.norm.name}, seed={conf.seed})",
+    lines = [f"lnorm {conf.name} (scale={conf.scale}, norm={conf.norm.name}, seed={conf.seed}, "
+             f"dtype={conf.train.dtype})",
              f"  run dir: {run_dir}",
              f"  devices: {len(devices)} x {devices[0].device_kind} "
              f"({jax.process_count()} process(es)); {start}"]

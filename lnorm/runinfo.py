@@ -81,11 +81,15 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
-                   resumable: tuple[str, ...] = RESUMABLE_KEYS) -> dict[str, list]:
-    """The keys defining a run whose values differ: `{key: [old, new]}`."""
-    a, b = flatten(old), flatten(new)
+                   resumable: tuple[str, ...] = RESUMABLE_KEYS,
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, list]:
+    """The keys defining a run whose values differ: `{key: [old, new]}`. A key missing from
+    `old` (recorded before the key existed) is unchanged if its new value is its default in
+    `defaults` (flat, as `flatten` gives): the run behaves as it always did."""
+    a, b, d = flatten(old), flatten(new), defaults or {}
     return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not k.startswith((*resumable, *MIRRORED_KEYS))}
+            if a.get(k) != b.get(k) and not k.startswith((*resumable, *MIRRORED_KEYS))
+            and not (k not in a and k in d and b.get(k) == d[k])}
 
 
 def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any] | None:

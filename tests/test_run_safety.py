@@ -92,6 +92,16 @@ def test_config_changes_ignore_progress_keys():
     assert config_changes(old, new) == {"seed": [0, 1]}
 
 
+def test_a_key_added_since_the_record_is_unchanged_at_its_default():
+    old = {"train": {"steps": 10}}  # written before train.dtype existed
+    defaults = {"train.dtype": "float32", "train.steps": 1}
+    at_default = {"train": {"steps": 10, "dtype": "float32"}}
+    assert config_changes(old, at_default, defaults=defaults) == {}
+    other = {"train": {"steps": 10, "dtype": "bfloat16"}}
+    assert config_changes(old, other, defaults=defaults) == {"train.dtype": [None, "bfloat16"]}
+    assert config_changes(old, at_default) == {"train.dtype": [None, "float32"]}  # no defaults
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)

@@ -86,6 +86,14 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
+def schedule_length(cfg: OptimConfig, total_steps: int) -> int:
+    """The run length the optimiser depends on: `total_steps` only for a cosine or linear decay
+    that ends with the run, else 1. Compiled steps are cached on it, so runs of other lengths
+    (a sweep, a resume with more steps, a benchmark's warm-up) reuse one compilation."""
+    decays_to_end = cfg.schedule in ("cosine", "linear") and cfg.decay_steps is None
+    return total_steps if decays_to_end else 1
+
+
 def clip_by_tensor_norm(max_norm: float) -> optax.GradientTransformation:
     """Rescales each gradient tensor whose L2 norm exceeds `max_norm` to that norm (the order-
     embedding code's per-parameter clipping; not the global norm)."""

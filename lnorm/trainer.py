@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from lnorm.artifacts import ARTIFACT_DIR, Artifact
 from lnorm.checkpoint import BEST_DIR, CHECKPOINT_DIR, Checkpointer
 from lnorm.logger import RunLogger
-from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer, schedule_length
 from lnorm.parallel import DataParallel
 from lnorm.precision import cast_model, cast_params, compute_dtype
 from lnorm.runlock import RunLock
@@ -307,7 +307,8 @@ class _Run:
         if step:
             self._restore(step)
         self.train_chunk = _train_chunk_fn(self.graphdef, self.treedef, task.loss_fn,
-                                           dataclasses.astuple(self.config.optim), self.total,
+                                           dataclasses.astuple(self.config.optim),
+                                           schedule_length(self.config.optim, self.total),
                                            self.config.dtype)
         self.base_key = jax.random.key(self.config.seed)
 

@@ -18,7 +18,7 @@ from lnorm.artifacts import Artifact
 from lnorm.checkpoint import checkpoint_steps, load_model
 from lnorm.data.pipeline import ArraySource, Pipeline
 from lnorm.metrics import gather
-from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer
+from lnorm.optim import OptimConfig, learning_rate_schedule, make_optimizer, schedule_length
 from lnorm.trainer import Evaluator, train
 
 
@@ -136,6 +136,19 @@ def test_schedules_against_hand_computed_values():
     assert float(rate(schedule="exponential", decay_rate=0.5, transition_steps=2)(4)) == 0.25
     with pytest.raises(ValueError, match="decay needs steps"):
         rate(schedule="cosine", warmup_steps=10)
+
+
+def test_runs_of_other_lengths_reuse_the_compiled_step_unless_the_decay_needs_it(tmp_path):
+    from lnorm.trainer import _train_chunk_fn
+
+    assert schedule_length(OptimConfig(), 500) == 1
+    assert schedule_length(OptimConfig(schedule="cosine", decay_steps=100), 500) == 1
+    assert schedule_length(OptimConfig(schedule="linear"), 500) == 500
+    task = make_task()
+    train(task, _config(steps=4), tmp_path / "a")
+    misses = _train_chunk_fn.cache_info().misses
+    train(task, _config(steps=8), tmp_path / "b")  # constant rate: same compiled step
+    assert _train_chunk_fn.cache_info().misses == misses
 
 
 def test_element_wise_and_per_tensor_clipping():

@@ -46,47 +46,32 @@ def _check_features(where: str, x: Array, param: Array | None, name: str) -> Non
 # Written for memory traffic, which is what a normaliser's time is. The residuals are the input
 # itself (the caller keeps it alive anyway) plus two per-row scalars, so the forward pass writes
 # nothing but its output and the backward pass re-derives x_hat on the fly instead of reading a
-# saved full-size copy. For large inputs, the row sums under differentiation are variadic
-# reductions (several sums in one pass, one loop fusion): as separate `jnp.sum`s, XLA:CPU hands
-# them to its reduction library and then materialises full-size broadcasts of the statistics for
-# their several consumers (2-3 extra 32 MB buffers at 8192x1024, each paid for in page faults).
-# Below _FUSED_MIN_SIZE elements such buffers stay in cache and the library's vectorised
-# reductions are faster (measured: docs/benchmarks.md). Forward-only calls have one consumer of
-# the statistics, and there the plain two-pass statistics are always the faster kernels.
+# saved full-size copy. The statistics and row sums are plain `jnp` reductions, which XLA:CPU
+# hands to its vectorised reduction library. For large inputs, every backward kernel gets its own
+# copy of what it shares with the others (`_unshared`): XLA CSEs identical broadcasts (of the
+# statistics, of `scale`, of a fused cotangent) and the library kernels cannot all fuse one shared
+# broadcast, so it is materialised, a 32 MB buffer at 8192x1024 paid for in page faults
+# (measured: docs/benchmarks.md). Below _FUSED_MIN_SIZE elements such buffers stay in cache and
+# the barriers would only constrain the surrounding fusions (e.g. the recurrent cells' scans).
+# The forward statistics are two-pass everywhere (exact, and two fast library passes).
 _FUSED_MIN_SIZE = 1 << 21  # 8 MiB of float32
 
 
-def _row_sums(*terms: Array, fused: bool) -> tuple[Array, ...]:
-    """Sums of each term over the last axis (kept as (..., 1)), in one variadic pass if fused."""
-    if not fused:
-        return tuple(jnp.sum(t, axis=-1, keepdims=True) for t in terms)
-    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
-    add = lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True))
-    sums = jax.lax.reduce(terms, zeros, add, (terms[0].ndim - 1,))
-    return tuple(total[..., None] for total in sums)
+def _unshared(large: bool, *arrays: Any) -> tuple[Any, ...]:
+    """`arrays` unchanged; for large inputs as new values that XLA cannot merge with other uses
+    of the same arrays, so that their consumers fuse broadcasts of their own. Callers pass
+    distinct tuples: CSE merges two barriers over the same operands."""
+    return jax.lax.optimization_barrier(arrays) if large else arrays
 
 
-def _two_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
-    """Per-row (mean, 1/sigma) over the last axis, kept as (..., 1); no mean without centring."""
+def _stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
+    """Per-row (mean, 1/sigma) over the last axis, kept as (..., 1); no mean without centring.
+    Two passes (the variance of `x - mean`): exact when |mean| >> std."""
     if not center:
         return None, jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + epsilon)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return mean, jax.lax.rsqrt(var + epsilon)
-
-
-def _one_pass_stats(x: Array, epsilon: float, center: bool) -> tuple[Array | None, Array]:
-    """The same statistics in one variadic pass. Shifting x by its first element keeps
-    E[d^2] - E[d]^2 accurate when |mean| >> std, where the textbook formula cancels."""
-    if not center:
-        return _two_pass_stats(x, epsilon, center)
-    n = x.shape[-1]
-    shift = x[..., :1]
-    d = x - shift
-    s1, s2 = _row_sums(d, d * d, fused=True)
-    m1 = s1 / n
-    var = jnp.maximum(s2 / n - m1 * m1, 0.0)
-    return shift + m1, jax.lax.rsqrt(var + epsilon)
 
 
 def affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
@@ -104,14 +89,13 @@ def affine(xf, mean, rstd, scale, bias, dtype, out_dtype):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _normalize(x, scale, bias, epsilon, center, dtype):
     xf = x.astype(_compute_dtype(x.dtype))
-    return affine(xf, *_two_pass_stats(xf, epsilon, center), scale, bias, dtype, x.dtype)
+    return affine(xf, *_stats(xf, epsilon, center), scale, bias, dtype, x.dtype)
 
 
 def normalize_fwd(x, scale, bias, epsilon, center, dtype):
     """The normalisation and its residuals `(x, mean, rstd, scale, bias)` for `normalize_bwd`."""
     xf = x.astype(_compute_dtype(x.dtype))
-    stats = _one_pass_stats if x.size >= _FUSED_MIN_SIZE else _two_pass_stats
-    mean, rstd = stats(xf, epsilon, center)
+    mean, rstd = _stats(xf, epsilon, center)
     return affine(xf, mean, rstd, scale, bias, dtype, x.dtype), (x, mean, rstd, scale, bias)
 
 
@@ -122,19 +106,23 @@ def normalize_bwd(epsilon, center, dtype, res, dy):
     x, mean, rstd, scale, bias = res
     cdt = _compute_dtype(x.dtype)
     xf, dyf = x.astype(cdt), dy.astype(cdt)
+    large = x.size >= _FUSED_MIN_SIZE
     n = x.shape[-1]
-    xhat = (xf - mean) * rstd if center else xf * rstd
-    g = dyf * scale if scale is not None else dyf
-    # XLA drops g_sum where it is unused.
-    g_sum, proj = _row_sums(g, g * xhat, fused=x.size >= _FUSED_MIN_SIZE)
-    dx = g - xhat * (proj / n)
+    # dx's kernel (its row sums fuse into it).
+    m, r, s, d = _unshared(large, mean, rstd, scale, dyf)
+    xhat = (xf - m) * r if center else xf * r
+    g = d * s if s is not None else d
+    dx = g - xhat * (jnp.sum(g * xhat, axis=-1, keepdims=True) / n)
     if center:
-        dx = dx - g_sum / n
-    dx = rstd * dx
+        dx = dx - jnp.mean(g, axis=-1, keepdims=True)
+    dx = (r * dx).astype(x.dtype)
+    # The parameters' column sums (without `scale` the two tuples coincide: no dscale kernel).
+    m, r, d = _unshared(large, mean, rstd, dyf)
     batch_axes = tuple(range(x.ndim - 1))
-    dscale = None if scale is None else jnp.sum(dyf * xhat, batch_axes).astype(scale.dtype)
-    dbias = None if bias is None else jnp.sum(dyf, batch_axes).astype(bias.dtype)
-    return dx.astype(x.dtype), dscale, dbias
+    xhat = (xf - m) * r if center else xf * r
+    dscale = None if scale is None else jnp.sum(d * xhat, batch_axes).astype(scale.dtype)
+    dbias = None if bias is None else jnp.sum(d, batch_axes).astype(bias.dtype)
+    return dx, dscale, dbias
 
 
 _normalize.defvjp(normalize_fwd, normalize_bwd)

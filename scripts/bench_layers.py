@@ -2,11 +2,16 @@
 
     python -m scripts.bench_layers [--rounds 10 --repeats 10]
 
-Forward and forward+backward (`jax.vjp` with a fixed cotangent: y, dx, dscale, dbias) on
-float32 inputs; GB/s counts the bytes an ideal kernel moves (fwd: read x, write y; fwd+bwd:
-also read dy, write dx), next to a jitted `x * 1.0` copy of the same array as the
-machine's reference. All variants of one shape are timed in alternation (robust to a shared
-machine's drifting load). Then runs `scripts.bench_rnn` when it exists, so one command prints both.
+Forward, and forward+backward in the two ways it is called: `vjp` (`jax.vjp` with a given
+cotangent: y, dx, dscale, dbias) and as training calls it, the gradient of a loss (dx, dscale,
+dbias), where XLA fuses the cotangent's computation into the backward pass: `grad y.w` (loss
+`sum(y * w)`, w fixed) and `grad y^2` (loss `sum(y ** 2)`: a cotangent computed from y). float32
+inputs; GB/s counts the bytes an ideal kernel moves (fwd: read x, write y; vjp: also read dy,
+write dx; grad y.w: read x and w, write dx; grad y^2: read x, write dx), next to a jitted
+`x * 1.0` copy of the same array as the machine's reference; "temp MB" is XLA's scratch memory
+for the call (`compiled.memory_analysis()`): full-size intermediates it chose to materialise. All
+variants of one shape are timed in alternation (robust to a shared machine's drifting load).
+Then runs `scripts.bench_rnn` when it exists, so one command prints both.
 """
 
 from __future__ import annotations
@@ -44,17 +49,30 @@ IMPLEMENTATIONS = {"lnorm": LayerNorm, "flax": nnx.LayerNorm, "jnp": PlainLayerN
 
 
 def _functions(module: nnx.Module):
-    """Pure forward and forward+backward functions of (params, x[, dy])."""
+    """Params and the timed pure functions, as {pass: (fn of (params, x[, w]), uses w, bytes in
+    units of x's size)}."""
     graphdef, params = nnx.split(module)
 
     def forward(params, x):
         return nnx.merge(graphdef, params)(x)
 
-    def forward_backward(params, x, dy):
-        y, vjp = jax.vjp(forward, params, x)
-        return y, vjp(dy)
+    def vjp(params, x, dy):
+        y, pullback = jax.vjp(forward, params, x)
+        return y, pullback(dy)
 
-    return params, forward, forward_backward
+    def grad_dot(params, x, w):
+        return jax.grad(lambda p, x: jnp.sum(forward(p, x) * w), (0, 1))(params, x)
+
+    def grad_square(params, x):
+        return jax.grad(lambda p, x: jnp.sum(jnp.square(forward(p, x))), (0, 1))(params, x)
+
+    passes = {
+        "fwd": (forward, False, 2),
+        "vjp": (vjp, True, 4),
+        "grad y.w": (grad_dot, True, 3),
+        "grad y^2": (grad_square, False, 2),
+    }
+    return params, passes
 
 
 def bench_layer_norm(rounds: int, repeats: int) -> None:
@@ -62,24 +80,24 @@ def bench_layer_norm(rounds: int, repeats: int) -> None:
         f"## Layer normalisation ({jax.devices()[0].platform}, float32, "
         f"median of {rounds} interleaved rounds x {repeats})\n"
     )
-    headers = ["shape", "pass", "impl", "ms", "GB/s", "vs flax", "copy GB/s", "compile s"]
+    headers = ["shape", "pass", "impl", "ms", "GB/s", "vs flax", "temp MB", "copy GB/s",
+               "compile s"]
     rows = []
     for shape in SHAPES:
-        kx, kdy = jax.random.split(jax.random.key(0))
+        kx, kw = jax.random.split(jax.random.key(0))
         x = jax.random.normal(kx, shape) * 2.0 + 0.5
-        dy = jax.random.normal(kdy, shape)
+        w = jax.random.normal(kw, shape)
         nbytes = x.size * x.dtype.itemsize
-        calls, moved, compile_s = {}, {}, {}
+        calls, moved, compile_s, temp_mb = {}, {}, {}, {}
         calls["copy"] = (compile_fn(lambda a: a * 1.0, x)[0], (x,))
         for name, cls in IMPLEMENTATIONS.items():
-            params, fwd, fwd_bwd = _functions(cls(shape[-1], epsilon=EPSILON, rngs=nnx.Rngs(0)))
-            for pass_name, fn, args, n in (
-                ("fwd", fwd, (params, x), 2 * nbytes),
-                ("fwd+bwd", fwd_bwd, (params, x, dy), 4 * nbytes),
-            ):
+            params, passes = _functions(cls(shape[-1], epsilon=EPSILON, rngs=nnx.Rngs(0)))
+            for pass_name, (fn, uses_w, n) in passes.items():
+                args = (params, x, w) if uses_w else (params, x)
                 compiled, compile_s[pass_name, name] = compile_fn(fn, *args)
                 calls[pass_name, name] = (compiled, args)
-                moved[pass_name, name] = n
+                temp_mb[pass_name, name] = compiled.memory_analysis().temp_size_in_bytes / 1e6
+                moved[pass_name, name] = n * nbytes
         timings = measure_interleaved(calls, rounds=rounds, repeats=repeats)
         copy_gbps = gbps(2 * nbytes, timings.pop("copy").median_s)
         for (pass_name, name), timing in timings.items():
@@ -93,6 +111,7 @@ def bench_layer_norm(rounds: int, repeats: int) -> None:
                     seconds * 1e3,
                     gbps(moved[pass_name, name], seconds),
                     f"{ratio:.2f}x",
+                    temp_mb[pass_name, name],
                     copy_gbps,
                     compile_s[pass_name, name],
                 ]

@@ -102,8 +102,7 @@ def test_forward_matches_numpy_inference_and_training_paths(fn, ref, vjp_path):
     np.testing.assert_allclose(y_train, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_one_pass_statistics_survive_a_large_mean(monkeypatch):
-    monkeypatch.setattr(norms, "_FUSED_MIN_SIZE", 0)
+def test_training_statistics_survive_a_large_mean(vjp_path):
     x = rand(4, 64, loc=1e4, scale=1.0)  # |mean| / std = 1e4: E[x^2] - E[x]^2 alone cancels
     y_train, _ = jax.vjp(lambda x: layer_norm(x, None, None), x)
     np.testing.assert_allclose(y_train, np_layer_norm(x, 1.0, 0.0), atol=2e-3)
@@ -118,6 +117,55 @@ def test_layer_norm_gradient_matches_hand_derived_numpy(vjp_path):
     np.testing.assert_allclose(dx, ex, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(dg, eg, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(db, eb, rtol=1e-5, atol=1e-5)
+
+
+def np_rms_norm_grads(x, g, dy, eps=EPS):
+    """RMSNorm's gradient derived by hand: y = g x r with r = (mean(x^2) + eps)^-1/2, so
+    dr/dx_k = -r^3 x_k / n."""
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    r = 1.0 / np.sqrt((x**2).mean(-1, keepdims=True) + eps)
+    dx = r * g * dy - r**3 * x / x.shape[-1] * np.sum(g * dy * x, -1, keepdims=True)
+    axes = tuple(range(x.ndim - 1))
+    return dx, np.sum(dy * x * r, axes), np.sum(dy, axes)
+
+
+@pytest.mark.parametrize("rows", [2047, 2048])  # x.size just below / at _FUSED_MIN_SIZE
+@pytest.mark.parametrize("fn, ref, ref_grads", [(layer_norm, np_layer_norm, np_layer_norm_grads),
+                                                (rms_norm, np_rms_norm, np_rms_norm_grads)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_gradient_of_a_loss_at_full_size_matches_numpy(rows, fn, ref, ref_grads, affine):
+    """The way training calls it, at real sizes on both sides of the threshold: the loss
+    sum(y * w + y^2 / 2) makes XLA compute the cotangent dy = w + y inside the backward pass,
+    which the large path hands to two kernels (`_unshared`)."""
+    assert (rows * 1024 >= norms._FUSED_MIN_SIZE) == (rows == 2048)
+    x, w = rand(rows, 1024, loc=1.0, scale=2.0), rand(rows, 1024, seed=5)
+    g, b = params(1024) if affine else (None, None)
+    loss = lambda x, g, b: jnp.sum(fn(x, g, b) * w + 0.5 * jnp.square(fn(x, g, b)))
+    dx, dg, db = jax.jit(jax.grad(loss, (0, 1, 2)))(x, g, b)
+    g64, b64 = (np.asarray(g, np.float64), np.asarray(b, np.float64)) if affine else (1.0, 0.0)
+    ex, eg, eb = ref_grads(x, g64, np.asarray(w, np.float64) + ref(x, g64, b64))
+    np.testing.assert_allclose(dx, ex, rtol=1e-4, atol=1e-5)
+    if affine:  # sums over 2048 rows: float32 accumulation error relative to the largest term
+        np.testing.assert_allclose(dg, eg, rtol=1e-4, atol=1e-4 * np.abs(eg).max())
+        np.testing.assert_allclose(db, eb, rtol=1e-4, atol=1e-4 * np.abs(eb).max())
+    else:
+        assert dg is None and db is None
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a property of XLA:CPU's fusions")
+@pytest.mark.parametrize("form", ["vjp", "grad"])
+def test_large_backward_materialises_no_full_size_temporary(form):
+    """What the large path exists for (docs/benchmarks.md): XLA:CPU shares a broadcast of the
+    statistics between kernels unless each gets its own, and materialises it (32 MB at
+    8192x1024). Compiled only, never run."""
+    x = jax.ShapeDtypeStruct((8192, 256), jnp.float32)
+    vec = jax.ShapeDtypeStruct((256,), jnp.float32)
+    if form == "vjp":
+        f = lambda x, w, g, b: jax.vjp(layer_norm, x, g, b)[1](w)
+    else:
+        f = lambda x, w, g, b: jax.grad(lambda *a: jnp.sum(layer_norm(*a) * w), (0, 1, 2))(x, g, b)
+    temp = jax.jit(f).lower(x, x, vec, vec).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 8192 * 256 * 4 / 8, f"{temp / 1e6:.1f} MB of temporaries"
 
 
 @pytest.mark.parametrize("fn", [layer_norm, rms_norm])

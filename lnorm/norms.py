@@ -366,7 +366,8 @@ class WeightNormDense(nnx.Module):
                 f"whose last axis has {self.in_features} features, got shape {x.shape}"
             )
         v = self.kernel[...]
-        t = (x @ v) * jax.lax.rsqrt(jnp.sum(v * v, axis=0))
+        vf = v.astype(_compute_dtype(v.dtype))  # the column norms in >= float32 (bf16 training)
+        t = (x @ v) * jax.lax.rsqrt(jnp.sum(vf * vf, axis=0)).astype(v.dtype)
         if self.data_init:
             self._init_from(t)
         y = t * self.scale[...]

@@ -188,16 +188,68 @@ def _norm_bwd(config: NormConfig, x: Array, params: tuple, stats: Any, dy: Array
     return dx, tuple(dparams)
 
 
-def _lstm_update(params, x_norm, a_norm, c_prev):
-    """`c_t` from the normalised input and recurrent terms, and the gate activations."""
-    f, i, o, g = jnp.split(x_norm + a_norm + params[3], 4, axis=-1)
-    sf, si, so, tg = jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o), jnp.tanh(g)
-    return sf * c_prev + si * tg, (sf, si, so, tg)
+def _grad_sums(params: Any) -> Any:
+    """Zero accumulators for parameter gradients summed over the time steps, in at least
+    float32: in bfloat16 (`train.dtype`) a sum over hundreds of steps rounds most of each
+    step's contribution away."""
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.promote_types(p.dtype, jnp.float32)),
+                        params)
+
+
+def _like(grads: Any, params: Any) -> Any:
+    """`grads` in the dtypes of `params` (a custom VJP's cotangents must match its inputs)."""
+    return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+
+def _gate_scale(z: Array) -> Array:
+    """1 on the sigmoid gates' units of `z[..., 4H]`, 2 on the candidate's (`[f, i, o, g]`)."""
+    n = z.shape[-1] // 4
+    return jnp.repeat(jnp.array([1.0, 1.0, 1.0, 2.0], z.dtype), n)
+
+
+def _gates(z: Array) -> Array:
+    """`[s(f), s(i), s(o), tanh(g)]` as one `[B, 4H]` array, from the pre-activations `z`.
+
+    One sigmoid over all 4H units (`tanh(g) = 2 s(2g) - 1`, in at least float32): a single
+    uniform elementwise pass. With four sliced activations XLA:CPU fused the normalisers'
+    arithmetic into each gate's kernel and split those over threads; the LN-LSTM scan's
+    gradient at B=32, H=64 took 1.4x as long (docs/benchmarks.md).
+    """
+    zf = z.astype(jnp.promote_types(z.dtype, jnp.float32))
+    two = _gate_scale(zf)
+    return (jax.nn.sigmoid(zf * two) * two - (two - 1)).astype(z.dtype)
+
+
+def _gates_grad(act: Array, dact: Array) -> Array:
+    """The gradient at the pre-activations: `s (1 - s)` on the gates, `1 - tanh^2` on `g`."""
+    return dact * (1 - act) * (act + (_gate_scale(act) - 1))
+
+
+def _pack_stats(stats: Sequence[Any]) -> Array | None:
+    """The normalisers' per-row statistics as one `[B, k]` array: one stacked output of the
+    forward loop instead of one per statistic."""
+    flat = [s for st in stats if st is not None for s in st if s is not None]
+    return jnp.concatenate(flat, axis=-1) if flat else None
+
+
+def _unpack_stats(packed: Array | None, configs: Sequence[NormConfig]) -> tuple:
+    """`_pack_stats`' inverse: `(mean, 1/sigma)` per normaliser (mean None without centring)."""
+    out, i = [], 0
+    for config in configs:
+        if config is None:
+            out.append(None)
+            continue
+        mean = None
+        if config[1]:
+            mean, i = packed[:, i : i + 1], i + 1
+        out.append((mean, packed[:, i : i + 1]))
+        i += 1
+    return tuple(out)
 
 
 def _lstm_forward(w_h, configs, params, gx, mask, state, unroll):
     """Scans the recurrence; returns the final state and, stacked over time, the states
-    `(c_t, h_t)`, `a_t` and the three normalisers' statistics."""
+    `(c_t, h_t)`, `a_t` and the three normalisers' statistics (`_pack_stats`)."""
     in_params, rec_params, cell_params, _ = params
     in_config, rec_config, cell_config = configs
 
@@ -207,13 +259,14 @@ def _lstm_forward(w_h, configs, params, gx, mask, state, unroll):
         a = h_prev @ w_h
         x_norm, x_stats = _norm_fwd(gx_t, in_params, in_config)
         a_norm, a_stats = _norm_fwd(a, rec_params, rec_config)
-        c, (_, _, so, _) = _lstm_update(params, x_norm, a_norm, c_prev)
+        sf, si, so, tg = jnp.split(_gates(x_norm + a_norm + params[3]), 4, axis=-1)
+        c = sf * c_prev + si * tg
         c_norm, c_stats = _norm_fwd(c, cell_params, cell_config)
         h = so * jnp.tanh(c_norm)
         if m is not None:
             c = jnp.where(m[:, None], c, c_prev)
             h = jnp.where(m[:, None], h, h_prev)
-        return (c, h), (c, h, a, (x_stats, a_stats, c_stats))
+        return (c, h), (c, h, a, _pack_stats((x_stats, a_stats, c_stats)))
 
     return jax.lax.scan(body, state, (gx, mask), unroll=unroll)
 
@@ -245,11 +298,15 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
 
     def body(carry, inputs):
-        dc, dh, dparams = carry
-        gx_t, a_t, c_prev_t, (x_stats, a_stats, c_stats), dh_out, m = inputs
+        dc, dh, dparams, w_ht = carry
+        gx_t, a_t, c, c_prev_t, packed, dh_out, m = inputs
+        x_stats, a_stats, c_stats = _unpack_stats(packed, configs)
         x_norm = _norm_apply(gx_t, in_params, x_stats)
         a_norm = _norm_apply(a_t, rec_params, a_stats)
-        c, (sf, si, so, tg) = _lstm_update(params, x_norm, a_norm, c_prev_t)
+        act = _gates(x_norm + a_norm + params[3])
+        sf, si, so, tg = jnp.split(act, 4, axis=-1)
+        # `c` is the saved state, not recomputed: where a step is held (mask) it is c_{t-1},
+        # which only meets zero cotangents there.
         tc = jnp.tanh(_norm_apply(c, cell_params, c_stats))
         dh_new, dc_new = dh + dh_out, dc
         if m is not None:  # a held state passes its gradient straight through
@@ -259,18 +316,11 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
             cell_config, c, cell_params, c_stats, dh_new * so * (1 - tc * tc)
         )
         dc_new = dc_new + dc_norm
-        dz = jnp.concatenate(
-            [
-                dc_new * c_prev_t * sf * (1 - sf),
-                dc_new * tg * si * (1 - si),
-                dh_new * tc * so * (1 - so),
-                dc_new * si * (1 - tg * tg),
-            ],
-            axis=-1,
-        )
+        dact = jnp.concatenate([dc_new * c_prev_t, dc_new * tg, dh_new * tc, dc_new * si], -1)
+        dz = _gates_grad(act, dact)
         dgx, din = _norm_bwd(in_config, gx_t, in_params, x_stats, dz)
         da, drec = _norm_bwd(rec_config, a_t, rec_params, a_stats, dz)
-        dh_prev, dc_prev = da @ w_h.T, dc_new * sf
+        dh_prev, dc_prev = da @ w_ht, dc_new * sf
         if m is not None:
             dh_prev = dh_prev + jnp.where(keep, 0, dh + dh_out)  # held: h_prev was output
             dc_prev = dc_prev + jnp.where(keep, 0, dc)
@@ -279,19 +329,22 @@ def _lstm_scan_bwd(configs, unroll, res, cotangents):
         step_grads = (din, drec, dcell, jnp.sum(dz, axis=0))
         dparams = jax.tree.map(jnp.add, dparams, step_grads)
         same = in_config is None and rec_config is None  # then dgx and da are both dz
-        return (dc_prev, dh_prev, dparams), (dgx, None if same else da)
+        return (dc_prev, dh_prev, dparams, w_ht), (dgx, None if same else da)
 
-    zero_grads = jax.tree.map(jnp.zeros_like, params)
-    (dc0, dh0, dparams), (dgx, da) = jax.lax.scan(
+    # `W_h^T` rides in the carry, transposed once: closed over, XLA folds the transpose into
+    # the loop's matmul, which then reads `W_h` across its rows at every step (at H=400 that
+    # took twice the forward matmul's time and 4-5 ms of a 28 ms training step).
+    zero_grads = _grad_sums(params)
+    (dc0, dh0, dparams, _), (dgx, da) = jax.lax.scan(
         body,
-        (dc_final, dh_final, zero_grads),
-        (gx, a, c_prev, stats, dhs, mask),
+        (dc_final, dh_final, zero_grads, w_h.T),
+        (gx, a, cs, c_prev, stats, dhs, mask),
         reverse=True,
         unroll=unroll,
     )
     da = dgx if da is None else da
     dw_h = jnp.einsum("tbh,tbg->hg", h_prev, da)
-    return dw_h, dparams, dgx, None, (dc0, dh0)
+    return dw_h, _like(dparams, params), dgx, None, (dc0, dh0)
 
 
 _lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
@@ -394,7 +447,7 @@ def _gru_scan_bwd(configs, unroll, res, cotangents):
         dparams = jax.tree.map(jnp.add, dparams, step_grads)
         return (dh_prev, dparams), (jnp.concatenate([dx_gate, dx_cand], axis=-1), da)
 
-    zero_grads = jax.tree.map(jnp.zeros_like, params)
+    zero_grads = _grad_sums(params)
     (dh0, dparams), (dgx, da) = jax.lax.scan(
         body,
         (dh_final, zero_grads),
@@ -403,7 +456,7 @@ def _gru_scan_bwd(configs, unroll, res, cotangents):
         unroll=unroll,
     )
     dw_h = jnp.einsum("tbh,tbg->hg", h_prev, da)
-    return dw_h, dparams, dgx, None, dh0
+    return dw_h, _like(dparams, params), dgx, None, dh0
 
 
 _gru_scan.defvjp(_gru_scan_fwd, _gru_scan_bwd)
@@ -494,8 +547,9 @@ class LSTMCell(nnx.Module):
         self.carry_normalized_cell = carry_normalized_cell
 
     def initial_state(self, batch_size: int) -> tuple[Array, Array]:
-        """Zero `(c, h)`, each `[batch_size, hidden_features]`."""
-        zeros = jnp.zeros((batch_size, self.hidden_features), jnp.float32)
+        """Zero `(c, h)`, each `[batch_size, hidden_features]`, in the parameters' dtype (the
+        cell computes in it: `lnorm.precision`)."""
+        zeros = jnp.zeros((batch_size, self.hidden_features), self.bias[...].dtype)
         return zeros, zeros
 
     def project_inputs(
@@ -632,7 +686,8 @@ class GRUCell(nnx.Module):
 
     def initial_state(self, batch_size: int) -> Array:
         """Zero `h`, `[batch_size, hidden_features]`."""
-        return jnp.zeros((batch_size, self.hidden_features), jnp.float32)
+        dtype = self.recurrent_proj.dense.kernel[...].dtype  # the cell's (lnorm.precision)
+        return jnp.zeros((batch_size, self.hidden_features), dtype)
 
     def project_inputs(
         self, x: Array, *, t: Array | int | None = None, mask: Array | None = None

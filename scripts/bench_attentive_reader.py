@@ -1,6 +1,6 @@
 """Training-step speed of the attentive reader per normaliser, measured in one run.
 
-    python -m scripts.bench_attentive_reader [--scales small paper] [--rounds 4]
+    python -m scripts.bench_attentive_reader [--scales small paper] [--norms none layer]
 
 One step is the experiment's own loss (`experiments.attentive_reader.objective.loss_fn`, dropout
 on) under `jax.jit(jax.value_and_grad)` plus the optax update the trainer uses (global-norm clip
@@ -53,12 +53,13 @@ def _batch(b: int, t: int, q: int, v: int, seed: int = 0) -> dict[str, np.ndarra
     }
 
 
-def bench(scale: str, rounds: int) -> list[list[Any]]:
+def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
     b, t, q, h, v = SCALES[scale]
     batch = _batch(b, t, q, v)
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
     calls, compile_s = {}, {}
-    for name, spec in NORMS.items():
+    for name in norms:
+        spec = NORMS[name]
         model = AttentiveReader(v, entity_offset=3, num_entities=ENTITIES, hidden=h, norm=spec,
                                 context_t_max=t, query_t_max=q, rngs=nnx.Rngs(0))
         model.train()
@@ -69,15 +70,17 @@ def bench(scale: str, rounds: int) -> list[list[Any]]:
     timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
     base = timings["none"].median_s
     return [[scale, f"B={b} T={t} Q={q} H={h} V={v}", name, timings[name].median_ms,
-             timings[name].median_s / base, compile_s[name]] for name in NORMS]
+             timings[name].median_s / base, compile_s[name]] for name in norms]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
+    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=tuple(NORMS))
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    rows = [row for scale in args.scales for row in bench(scale, args.rounds)]
+    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
+    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
     print_table(["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"], rows)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lnorm.cells import GRUCell, LSTMCell, StepBatchNorm
+from lnorm.cells import GRUCell, LSTMCell, StepBatchNorm, _gates, _gates_grad
 
 B, F, H, STEPS, EPS = 3, 5, 4, 4, 1e-5
 
@@ -328,6 +328,59 @@ def test_gradients_are_finite_and_reach_every_parameter(make):
     grads = jax.tree.leaves(nnx.grad(loss)(cell))
     assert all(np.isfinite(g).all() for g in grads)
     assert all(np.abs(g).max() > 0 for g in grads)
+
+
+def test_gates_are_the_sigmoids_and_tanh_with_their_derivatives():
+    """The fused scan's one-pass activations `[s(f), s(i), s(o), tanh(g)]` (tanh through
+    `2 s(2g) - 1`) and their gradient, against the four functions and autodiff of them, out
+    to saturation."""
+    z = jnp.asarray(np.linspace(-30.0, 30.0, 2 * 4 * 9).reshape(2, 4 * 9), jnp.float32)
+
+    def four(z):
+        f, i, o, g = jnp.split(z, 4, axis=-1)
+        return jnp.concatenate([jax.nn.sigmoid(f), jax.nn.sigmoid(i), jax.nn.sigmoid(o),
+                                jnp.tanh(g)], axis=-1)
+
+    act = _gates(z)
+    np.testing.assert_allclose(act, four(z), rtol=1e-6, atol=1e-7)
+    dact = jnp.asarray(np.random.default_rng(0).normal(size=z.shape), jnp.float32)
+    (want,) = jax.vjp(four, z)[1](dact)
+    np.testing.assert_allclose(_gates_grad(act, dact), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(norm="rms"), dict(norm="layer", variant="draw"), dict(norm="none")],
+    ids=lambda kw: "-".join(map(str, kw.values())),
+)
+def test_lstm_scan_gradients_equal_autodiff_of_the_steps(kw):
+    """`LSTMCell.scan`'s hand-written VJP for the statistics layouts that tests/test_rnn.py's
+    LN case does not reach (RMS: no means; draw: the cell's normaliser only), with held steps
+    and a non-zero initial state: parameters, inputs and initial state against autodiff of
+    the cell called step by step."""
+    cell = randomize(LSTMCell(F, H, rngs=nnx.Rngs(0), **kw))
+    xs = jnp.asarray(inputs(), jnp.float32)
+    mask = jnp.asarray(np.arange(STEPS)[:, None] < np.array([STEPS, 2, 3])[None])  # [T, B]
+    rng = np.random.default_rng(2)
+    w_hs, w_c = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(STEPS, B, H), (B, H)])
+    state0 = tuple(jnp.asarray(rng.normal(size=(B, H)), jnp.float32) for _ in range(2))
+
+    def fused(cell, xs, state0):
+        hs, (c, h) = cell.scan(state0, xs, mask=mask)
+        return jnp.sum(jnp.sin(hs) * w_hs) + jnp.sum(c * w_c) + jnp.sum(h**2)
+
+    def steps(cell, xs, state0):
+        state, hs = state0, []
+        for x, keep in zip(xs, mask[..., None], strict=True):
+            new, _ = cell(state, x)
+            state = jax.tree.map(lambda n, o, keep=keep: jnp.where(keep, n, o), new, state)
+            hs.append(state[1])
+        c, h = state
+        return jnp.sum(jnp.sin(jnp.stack(hs)) * w_hs) + jnp.sum(c * w_c) + jnp.sum(h**2)
+
+    got, want = (nnx.grad(f, argnums=(0, 1, 2))(cell, xs, state0) for f in (fused, steps))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+    assert np.abs(want[1]).max() > 1e-3 and np.abs(want[2][0]).max() > 1e-3
 
 
 def test_bad_options_raise_clear_errors():

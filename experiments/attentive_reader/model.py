@@ -58,11 +58,14 @@ def _gate_blocks(init: Initializer, gates: int = 4) -> Initializer:
 
 
 def masked_softmax(scores: Array, mask: Array) -> Array:
-    """Softmax over the last axis restricted to `mask`: masked entries get exactly 0."""
-    scores = jnp.where(mask, scores, -jnp.inf)
+    """Softmax over the last axis restricted to `mask`: masked entries get exactly 0.
+    Normalised in float32 (a bfloat16 sum over a long document would round), returned in the
+    scores' dtype."""
+    dtype = scores.dtype
+    scores = jnp.where(mask, scores.astype(jnp.promote_types(dtype, jnp.float32)), -jnp.inf)
     top = jnp.max(scores, axis=-1, keepdims=True)
     weights = jnp.where(mask, jnp.exp(scores - jax.lax.stop_gradient(top)), 0.0)
-    return weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return (weights / jnp.sum(weights, axis=-1, keepdims=True)).astype(dtype)
 
 
 class _Projection(nnx.Module):
@@ -208,8 +211,9 @@ class AttentiveReader(nnx.Module):
         )
         attention = masked_softmax(hidden @ self.att_v[...], mask)
         read = jnp.einsum("bt,bth->bh", attention, d)
-        valid = mask[..., None].astype(d.dtype)
-        mean = jnp.sum(d * valid, axis=1) / jnp.sum(valid, axis=1)
+        valid = mask[..., None]  # the mean over valid steps, summed in float32 (train.dtype)
+        total = jnp.sum(jnp.where(valid, d, 0), axis=1, dtype=jnp.promote_types(d.dtype, "f4"))
+        mean = (total / jnp.sum(valid, axis=1)).astype(d.dtype)
         g = jnp.tanh(self.out_read(read) + self.out_query(q) + self.out_mean(mean))
         logits = self.output(self._drop(g, k_out))
         if self.answer_mask == "candidates":

@@ -26,6 +26,10 @@ starts at `log(kappa_step_init)` so the window first advances 1/25 character per
 IAM-OnDB's pace; at 1 per point it leaves the text before the gradient can slow it); weight
 norm starts at g = 1 (the default init's column norms) without data-dependent init, which
 cannot run inside the scan.
+
+Under `train.dtype=bfloat16` the LSTMs and linear layers compute in bfloat16 (the parameters'
+dtype) while the window stays float32: kappa is a position along the text that grows by small
+steps, which bfloat16 would round away (its spacing is 1/4 character at u = 50).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from flax import nnx
 
 from lnorm.cells import LSTMCell
 from lnorm.norms import NormSpec
+from lnorm.precision import loop_invariant
 
 Array = jax.Array
 LSTMState = tuple[Array, Array]
@@ -127,17 +132,19 @@ class HandwritingSynthesis(nnx.Module):
         `mask[B]` is False keep their carry.
         """
         states, kappa, w = carry
+        dtype = states[0][1].dtype  # the cells' (their parameters') dtype
         cell = self.cells[0]
-        gx = cell.project_inputs(jnp.concatenate([x_t, w], -1), t=t, mask=mask)
+        gx = cell.project_inputs(jnp.concatenate([x_t, w], -1).astype(dtype), t=t, mask=mask)
         new_states = [cell.step(states[0], gx, t=t, mask=mask)[0]]
         h = new_states[0][1]
-        alpha, beta, kappa_hat = jnp.split(jnp.exp(self.window(h)), 3, axis=-1)
+        window = self.window(h).astype(kappa.dtype)
+        alpha, beta, kappa_hat = jnp.split(jnp.exp(window), 3, axis=-1)
         new_kappa = kappa + kappa_hat
         phi = window_weights(alpha, beta, new_kappa, text.shape[1] + 1)
         new_w = jnp.einsum("bu,buv->bv", phi[:, :-1], text)
         hs = [h]
         for cell, state in zip(self.cells[1:], states[1:], strict=True):
-            inputs = jnp.concatenate([x_t, h, new_w], -1)
+            inputs = jnp.concatenate([x_t, h, new_w], -1).astype(dtype)
             gx = cell.project_inputs(inputs, t=t, mask=mask)
             state, h = cell.step(state, gx, t=t, mask=mask)
             new_states.append(state)
@@ -159,16 +166,18 @@ class HandwritingSynthesis(nnx.Module):
     ) -> tuple[Carry, Array, Array]:
         """`step` over `points[B, T, 3]` (steps t0, t0+1, ...) in one `jax.lax.scan`; returns
         the final carry, `h[B, T, layers * H]` and `phi[B, T, U + 1]`. Batch-norm statistics
-        are threaded through the loop and written back."""
+        are threaded through the loop and written back; the parameters enter it in float32,
+        where their gradient is summed over the steps (`lnorm.precision.loop_invariant`)."""
         if mask is not None:
             points = jnp.where(mask[..., None], points, 0)
         steps = t0 + jnp.arange(points.shape[1])
-        graphdef, stats, rest = nnx.split(self, nnx.BatchStat, ...)
+        graphdef, stats, params, rest = nnx.split(self, nnx.BatchStat, nnx.Param, ...)
+        params, narrow = loop_invariant(params)
 
         def body(loop, inputs):
             carry, stats = loop
             x_t, m_t, t = inputs
-            model = nnx.merge(graphdef, stats, rest)
+            model = nnx.merge(graphdef, stats, narrow(params), rest)
             carry, h, phi = model.step(carry, x_t, text, t=t, mask=m_t)
             return (carry, nnx.state(model, nnx.BatchStat)), (h, phi)
 

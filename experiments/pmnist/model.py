@@ -9,6 +9,7 @@ import jax
 from flax import nnx
 
 from lnorm.norms import NONE, NormSpec
+from lnorm.precision import module_dtype
 
 
 class MLP(nnx.Module):
@@ -24,6 +25,7 @@ class MLP(nnx.Module):
         ])
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(module_dtype(self))  # the parameters' dtype (train.dtype)
         for layer in self.layers[:-1]:
             x = nnx.relu(layer(x))
         return self.layers[-1](x)

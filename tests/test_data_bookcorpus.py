@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from test_data_cnn_qa import _assert_same_batches  # tests/ is on sys.path
 
 from lnorm.data import bookcorpus as bc
 from lnorm.data.common import DataError, prepare
@@ -151,15 +152,6 @@ def _reference(source, *, batch_size, seed=0, shuffle=True, drop_remainder=False
         pad={k: Pad(buckets=(8, 16, 24, 32)) for k in bc.FIELDS},
         lengths=sequence_lengths(source, "cur") if bucket_by_length else None,
         process_index=process_index, process_count=process_count)
-
-
-def _assert_same_batches(got, expected):
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected, strict=True):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k].dtype == b[k].dtype, k
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.parametrize("name", PIPELINES)

@@ -7,8 +7,6 @@ it, and never fetched when a folder of the user's is given."""
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 import threading
 import time
 import zipfile
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_handwriting_cli import _lasa_mat  # tests/experiments is on sys.path (prepend mode)
+from test_skipthought_data import _tar
 
 from experiments.handwriting import DataConfig as HandwritingData
 from experiments.handwriting import data as hw_data
@@ -55,16 +54,6 @@ def _wheel(folder: Path, archive: standins.Archive, files: dict[str, bytes]) -> 
                    "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{dist}-{version}.dist-info/RECORD", "")
     return path
-
-
-def _tar(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _vader_sdist(folder: Path) -> Path:

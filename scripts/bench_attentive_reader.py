@@ -24,7 +24,7 @@ from flax import nnx
 from experiments.attentive_reader.model import AttentiveReader
 from experiments.attentive_reader.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
+from scripts.benchutil import print_table, time_training_steps
 
 # (B, T, Q, H, V): small = configs/exp/attentive_reader/small.yaml on the real-text cloze set
 # (contexts of up to 96 tokens, a 2,000-word vocabulary); paper = the paper's reader (H 240,
@@ -57,20 +57,13 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
     b, t, q, h, v = SCALES[scale]
     batch = _batch(b, t, q, v)
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
-    calls, compile_s = {}, {}
-    for name in norms:
-        spec = NORMS[name]
-        model = AttentiveReader(v, entity_offset=3, num_entities=ENTITIES, hidden=h, norm=spec,
-                                context_t_max=t, query_t_max=q, rngs=nnx.Rngs(0))
-        model.train()
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        args = (params, rest, tx.init(params), batch, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
-        calls[name] = (compiled, args)
-    timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
-    base = timings["none"].median_s
-    return [[scale, f"B={b} T={t} Q={q} H={h} V={v}", name, timings[name].median_ms,
-             timings[name].median_s / base, compile_s[name]] for name in norms]
+    models = {name: AttentiveReader(v, entity_offset=3, num_entities=ENTITIES, hidden=h,
+                                    norm=NORMS[name], context_t_max=t, query_t_max=q,
+                                    rngs=nnx.Rngs(0)) for name in norms}
+    steps = time_training_steps(models, tx, loss_fn, batch, rounds=rounds, repeats=3, warmup=2)
+    base = steps["none"][0].median_s
+    return [[scale, f"B={b} T={t} Q={q} H={h} V={v}", name, timing.median_ms,
+             timing.median_s / base, compile_s] for name, (timing, compile_s) in steps.items()]
 
 
 def main() -> None:

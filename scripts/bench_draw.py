@@ -26,7 +26,7 @@ from flax import nnx
 from experiments.draw.model import DRAW
 from experiments.draw.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
+from scripts.benchutil import print_table, time_training_steps
 
 # (B, T, H, Z, read N): configs/exp/draw/small.yaml and the paper's model (configs/exp/draw.yaml).
 SCALES = {"small": (64, 16, 128, 32, 5), "paper": (128, 64, 256, 100, 2)}
@@ -44,20 +44,14 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
     b, t, h, z, n = SCALES[scale]
     image = (np.random.default_rng(0).random((b, 28, 28)) < 0.13).astype(np.float32)
     tx = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(1e-3))
-    calls, compile_s = {}, {}
-    for name in norms:
-        spec, variant = NORMS[name]
-        model = DRAW(norm=spec, glimpses=t, encoder_features=h, decoder_features=h, latent=z,
-                     read_size=n, cell_variant=variant, rngs=nnx.Rngs(0))
-        model.train()
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        args = (params, rest, tx.init(params), {"image": image}, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
-        calls[name] = (compiled, args)
-    timings = measure_interleaved(calls, rounds=rounds, repeats=3, warmup=2)
-    base = timings["none"].median_s
-    return [[scale, f"B={b} T={t} H={h} Z={z} read {n}x{n}", name, timings[name].median_ms,
-             timings[name].median_s / base, compile_s[name]] for name in norms]
+    models = {name: DRAW(norm=NORMS[name][0], glimpses=t, encoder_features=h,
+                         decoder_features=h, latent=z, read_size=n, cell_variant=NORMS[name][1],
+                         rngs=nnx.Rngs(0)) for name in norms}
+    steps = time_training_steps(models, tx, loss_fn, {"image": image}, rounds=rounds, repeats=3,
+                                warmup=2)
+    base = steps["none"][0].median_s
+    return [[scale, f"B={b} T={t} H={h} Z={z} read {n}x{n}", name, timing.median_ms,
+             timing.median_s / base, compile_s] for name, (timing, compile_s) in steps.items()]
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from flax import nnx
 from experiments.handwriting.model import HandwritingSynthesis
 from experiments.handwriting.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import compile_fn, measure_interleaved, print_table, train_step_fn
+from scripts.benchutil import print_table, time_training_steps
 
 # (B, T, U, V, L, H, K, M): configs/exp/handwriting/small.yaml and the paper's network (57
 # symbols, IAM-OnDB's ~40-character lines).
@@ -47,22 +47,15 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
     b, t, u, v, layers, h, k, m = SCALES[scale]
     batch = _batch(b, t, u, v)
     tx = optax.chain(optax.clip(10.0), optax.adam(1e-3))
-    calls, compile_s = {}, {}
-    for name in norms:
-        model = HandwritingSynthesis(v, norm=NormSpec(name), hidden=h, layers=layers,
-                                     window_mixtures=k, output_mixtures=m, t_max=t - 1,
-                                     output_grad_clip=100.0, rngs=nnx.Rngs(0))
-        model.train()
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        args = (params, rest, tx.init(params), batch, jax.random.key(1))
-        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
-        calls[name] = (compiled, args)
-    timings = measure_interleaved(calls, rounds=rounds, repeats=2, warmup=1)
-    base, base_min = timings["none"].median_s, timings["none"].min_s
+    models = {name: HandwritingSynthesis(v, norm=NormSpec(name), hidden=h, layers=layers,
+                                         window_mixtures=k, output_mixtures=m, t_max=t - 1,
+                                         output_grad_clip=100.0, rngs=nnx.Rngs(0))
+              for name in norms}
+    steps = time_training_steps(models, tx, loss_fn, batch, rounds=rounds, repeats=2, warmup=1)
+    base, base_min = steps["none"][0].median_s, steps["none"][0].min_s
     shape = f"B={b} T={t} U={u} L={layers} H={h} K={k} M={m}"
-    return [[scale, shape, name, timings[name].median_ms, timings[name].median_s / base,
-             timings[name].min_s * 1e3, timings[name].min_s / base_min, compile_s[name]]
-            for name in norms]
+    return [[scale, shape, name, timing.median_ms, timing.median_s / base, timing.min_s * 1e3,
+             timing.min_s / base_min, compile_s] for name, (timing, compile_s) in steps.items()]
 
 
 def main() -> None:

@@ -113,6 +113,25 @@ def measure_interleaved(
     return {k: Timing(statistics.median(t), min(t), len(t), numbers[k]) for k, t in times.items()}
 
 
+def time_training_steps(
+    models: Mapping[str, Any], tx: Any, loss_fn: Callable[..., Any], batch: Any, **timing: Any
+) -> dict[str, tuple[Timing, float]]:
+    """Each model's training step (`train_step_fn`) compiled, then all timed round-robin
+    (`measure_interleaved(**timing)`): `{name: (timing, compile seconds)}`. The models are
+    switched to training mode; one batch and one key serve all of them."""
+    from flax import nnx
+
+    calls, compile_s = {}, {}
+    for name, model in models.items():
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        args = (params, rest, tx.init(params), batch, jax.random.key(1))
+        compiled, compile_s[name] = compile_fn(train_step_fn(graphdef, tx, loss_fn), *args)
+        calls[name] = (compiled, args)
+    timings = measure_interleaved(calls, **timing)
+    return {name: (timings[name], compile_s[name]) for name in models}
+
+
 def gbps(num_bytes: int, seconds: float) -> float:
     """Effective bandwidth: bytes an ideal kernel must move, divided by the measured time."""
     return num_bytes / seconds / 1e9

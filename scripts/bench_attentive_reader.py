@@ -13,10 +13,8 @@ LN-LSTM reader's step at most 1.25x the plain one's.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-import jax
 import numpy as np
 import optax
 from flax import nnx
@@ -24,7 +22,7 @@ from flax import nnx
 from experiments.attentive_reader.model import AttentiveReader
 from experiments.attentive_reader.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import print_table, time_training_steps
+from scripts.benchutil import norm_benchmark_main, time_training_steps
 
 # (B, T, Q, H, V): small = configs/exp/attentive_reader/small.yaml on the real-text cloze set
 # (contexts of up to 96 tokens, a 2,000-word vocabulary); paper = the paper's reader (H 240,
@@ -67,15 +65,8 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=tuple(NORMS))
-    parser.add_argument("--rounds", type=int, default=4)
-    args = parser.parse_args()
-    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
-    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    print_table(["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"], rows)
+    norm_benchmark_main(__doc__, bench, scales=SCALES, norms=NORMS, rounds=4,
+                        headers=["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"])
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@ most 1.25x the plain LSTM's.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-import jax
 import numpy as np
 import optax
 from flax import nnx
@@ -26,7 +24,7 @@ from flax import nnx
 from experiments.draw.model import DRAW
 from experiments.draw.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import print_table, time_training_steps
+from scripts.benchutil import norm_benchmark_main, time_training_steps
 
 # (B, T, H, Z, read N): configs/exp/draw/small.yaml and the paper's model (configs/exp/draw.yaml).
 SCALES = {"small": (64, 16, 128, 32, 5), "paper": (128, 64, 256, 100, 2)}
@@ -55,15 +53,8 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=list(NORMS))
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
-    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    print_table(["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"], rows)
+    norm_benchmark_main(__doc__, bench, scales=SCALES, norms=NORMS, rounds=3,
+                        headers=["scale", "shape", "norm", "step (ms)", "vs none", "compile (s)"])
 
 
 if __name__ == "__main__":

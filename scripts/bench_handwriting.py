@@ -15,10 +15,8 @@ the paper's LN-LSTM. The target (issue 13): LN's step at most 1.25x the plain LS
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-import jax
 import numpy as np
 import optax
 from flax import nnx
@@ -26,7 +24,7 @@ from flax import nnx
 from experiments.handwriting.model import HandwritingSynthesis
 from experiments.handwriting.objective import loss_fn
 from lnorm.norms import NormSpec
-from scripts.benchutil import print_table, time_training_steps
+from scripts.benchutil import norm_benchmark_main, time_training_steps
 
 # (B, T, U, V, L, H, K, M): configs/exp/handwriting/small.yaml and the paper's network (57
 # symbols, IAM-OnDB's ~40-character lines).
@@ -59,16 +57,9 @@ def bench(scale: str, rounds: int, norms: list[str]) -> list[list[Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(SCALES))
-    parser.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    norms = ["none", *(n for n in args.norms if n != "none")]  # the ratios' reference first
-    rows = [row for scale in args.scales for row in bench(scale, args.rounds, norms)]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-    print_table(["scale", "shape", "norm", "median step (ms)", "vs none", "min step (ms)",
-                 "vs none (min)", "compile (s)"], rows)
+    norm_benchmark_main(__doc__, bench, scales=SCALES, norms=NORMS, rounds=3,
+                        headers=["scale", "shape", "norm", "median step (ms)", "vs none",
+                                 "min step (ms)", "vs none (min)", "compile (s)"])
 
 
 if __name__ == "__main__":

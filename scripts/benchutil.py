@@ -132,6 +132,25 @@ def time_training_steps(
     return {name: (timings[name], compile_s[name]) for name in models}
 
 
+def norm_benchmark_main(doc: str, bench: Callable[[str, int, list[str]], list[list[Any]]], *,
+                        scales: Sequence[str], norms: Sequence[str], rounds: int,
+                        headers: Sequence[str]) -> None:
+    """The command line of the experiments' step benchmarks (`--scales`, `--norms`,
+    `--rounds`): prints the rows of `bench(scale, rounds, norms)` for each scale as one table,
+    `none` (the ratios' reference) always first among the norms."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--scales", nargs="+", default=["small"], choices=sorted(scales))
+    parser.add_argument("--norms", nargs="+", default=list(norms), choices=tuple(norms))
+    parser.add_argument("--rounds", type=int, default=rounds)
+    args = parser.parse_args()
+    chosen = ["none", *(n for n in args.norms if n != "none")]
+    rows = [row for scale in args.scales for row in bench(scale, args.rounds, chosen)]
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+    print_table(headers, rows)
+
+
 def gbps(num_bytes: int, seconds: float) -> float:
     """Effective bandwidth: bytes an ideal kernel must move, divided by the measured time."""
     return num_bytes / seconds / 1e9

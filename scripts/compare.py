@@ -61,7 +61,7 @@ from lnorm.runinfo import EVAL_DIR, RUN_INFO_FILE, flatten
 IGNORED = (
     "seed", "train.seed", "train.progress", "train.log_every", "train.checkpoint_every",
     "train.keep_checkpoints", "train.steps_per_call", "logger.*", "data.data_dir",
-    "data.manual_dir", "data.verify_md5",
+    "data.manual_dir", "data.verify_md5", "compile_cache", "force_resume",
 )
 MAX_WORDS = ("accuracy", "r1", "r5", "r10", "rsum", "pearson", "spearman")
 LOG_WORDS = ("nll", "loss")

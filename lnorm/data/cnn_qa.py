@@ -50,7 +50,6 @@ from lnorm.data.pipeline import (
     Pipeline,
     Ragged,
     Source,
-    iter_examples,
     split_cache,
 )
 from lnorm.data.vocab import PAD, UNK, VOCAB_FILE, Vocab
@@ -329,14 +328,13 @@ class TopKSentences:
 
     def answer_kept(self, source: Source, answer_offset: int) -> float:
         """The fraction of `source`'s questions whose answer survives the filtering: the
-        highest accuracy a reader of the shortened contexts can reach."""
-        kept = [answer_offset + e["answer"] in self(e["context"], e["query"])
-                for e in iter_examples(source)]
+        highest accuracy a reader of the shortened contexts can reach. Reads the split's
+        in-memory arrays (`split_arrays`, cached), as the pipelines do."""
+        arrays = split_arrays(source)
+        context, query, answer = arrays["context"], arrays["query"], arrays["answer"]
+        kept = [answer_offset + answer[i] in self(context[i], query[i])
+                for i in range(len(answer))]
         return float(np.mean(kept))
-
-    def lengths(self, source: Source) -> np.ndarray:
-        """The shortened context length of every example of `source` (for bucketing)."""
-        return np.array([len(self(e["context"], e["query"])) for e in iter_examples(source)])
 
 
 def split_arrays(source: Source) -> dict[str, np.ndarray | Ragged]:
